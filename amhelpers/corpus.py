@@ -43,7 +43,7 @@ SHA256 = {
 SPLITS = ("train", "val", "test")
 
 # Phrase boundaries: Latin and Ethiopic sentence and clause punctuation.
-_BOUNDARY = re.compile(r"(?<=[.!?;:,።፣፤፥፦፧])\s+|[።፤፧]|\s[-–—]\s")
+_BOUNDARY = re.compile(r"(?<=[.!?;:,])\s+|(?<=[።፣፤፥፦፧])\s*|\s[-–—]\s")
 
 
 def _url(name: str) -> str:

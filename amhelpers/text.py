@@ -172,7 +172,9 @@ _CONSONANTS = {"HH": "h", "X": "h", "SZ": "s", "QH": "q", "KX": "h", "C": "ch", 
                "TH": "t'", "CH": "ch'", "PH": "p'", "TS": "ts'", "TZ": "ts'", "DD": "d",
                "GG": "g", "ZH": "zh", "SS": "s'", "CC": "ch", "ZZ": "z", "CCH": "ch'",
                "QY": "qy", "KY": "ky", "XY": "hy", "GY": "gy"}
-_SYLLABLE = re.compile(r"^(?:[A-Z]+ )*?(GLOTTAL |PHARYNGEAL )?([A-Z]*?)(WAA|WEE|WA|WI|WE|OA|YA|AA|EE|A|U|I|E|O)$")
+_VOWEL = "(WAA|WEE|WA|WI|WE|OA|YA|AA|EE|A|U|I|E|O)"
+_CARRIER = re.compile(rf"^(?:GLOTTAL|PHARYNGEAL) {_VOWEL}$")
+_SYLLABLE = re.compile(rf"^([A-Z]+?){_VOWEL}$")
 
 
 def _romanize_char(ch: str) -> str:
@@ -182,11 +184,14 @@ def _romanize_char(ch: str) -> str:
         return ch
     name = unicodedata.name(ch, "")
     if name.startswith("ETHIOPIC SYLLABLE "):
-        match = _SYLLABLE.match(name[len("ETHIOPIC SYLLABLE "):])
+        rest = name[len("ETHIOPIC SYLLABLE "):]
+        carrier = _CARRIER.match(rest)
+        if carrier:  # the vowel carriers አ and ዐ: no consonant sound
+            return _CARRIER_VOWELS[carrier.group(1)]
+        match = _SYLLABLE.match(rest.split(" ")[-1])  # drop qualifiers such as SEBATBEIT
         if match:
-            carrier, consonant, vowel = match.groups()
-            table = _CARRIER_VOWELS if carrier else _VOWELS
-            return ("" if carrier else _CONSONANTS.get(consonant, consonant.lower())) + table[vowel]
+            consonant, vowel = match.groups()
+            return _CONSONANTS.get(consonant, consonant.lower()) + _VOWELS[vowel]
     if ch in _GEEZ_DIGITS or ch in _GEEZ_TENS or ch in "፻፼":
         return str(geez_to_int(ch))
     return ""  # combining marks and tonal marks carry no letters

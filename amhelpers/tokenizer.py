@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import re
-import sys
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -523,7 +522,7 @@ def train_base(texts: Sequence[str], lang: str, vocab_size: int, out_path: str |
     return Path(out_path)
 
 
-def _print_verify(report: dict) -> None:
+def print_verify(report: dict) -> None:
     status = "OK" if report["ok"] else "FAILED"
     print(f"verify {status}: {report['extended']} against {report['base']}")
     print(f"  pieces: {report['n_base']} base + {report['n_added']} added = {report['vocab_size']}")
@@ -563,7 +562,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(report, ensure_ascii=False))
         else:
-            _print_verify(report)
+            print_verify(report)
         return 0 if report["ok"] else 1
     texts, code = read_texts(args.corpus, "train", "--corpus")
     path = train_base(texts, args.lang or code or "eng", args.vocab_size, args.out, args.model_type)
@@ -571,5 +570,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run(argparse.Namespace()))
+def embedded_base(vocab_size: int = 500, lang: str = "eng") -> Path:
+    """Return the embedded default's English BPE tokenizer, training it once into the work folder.
+
+    Args:
+        vocab_size: pieces of the base tokenizer.
+        lang: HornMT language of the base.
+
+    Returns:
+        ``$AMHELPERS_HOME/tokenizers/{lang}_bpe{vocab_size}.model``.
+    """
+    from . import settings
+
+    path = settings.home() / "tokenizers" / f"{lang}_bpe{vocab_size}.model"
+    if not path.is_file():
+        train_base(corpus.split_lines(lang, "train"), lang, vocab_size, path, model="bpe")
+    return path

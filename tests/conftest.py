@@ -1,0 +1,35 @@
+"""Shared fixtures: an isolated work folder, HornMT and IndexTTS2 locations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def work_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test writes generated data into its own AMHELPERS_HOME."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("AMHELPERS_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def hornmt_dir() -> Path:
+    """The local HornMT copy named by AMHELPERS_CORPUS_DIR (skip when unset)."""
+    value = os.environ.get("AMHELPERS_CORPUS_DIR")
+    if not value:
+        pytest.skip("AMHELPERS_CORPUS_DIR is unset: point it at a HornMT copy (see README)")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def indextts2_dir() -> Path:
+    """The folder with the real IndexTTS2 bpe.model (skip when AMHELPERS_INDEXTTS2_DIR is unset)."""
+    value = os.environ.get("AMHELPERS_INDEXTTS2_DIR")
+    if not value:
+        pytest.skip("AMHELPERS_INDEXTTS2_DIR is unset: point it at the folder holding IndexTTS2's "
+                    "bpe.model and config.yaml to run the real-tokenizer tests")
+    return Path(value)
