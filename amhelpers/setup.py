@@ -18,6 +18,7 @@ from pathlib import Path
 
 APT_PACKAGES = {"espeak-ng": "espeak-ng", "sox": "sox", "fonts-sil-abyssinica": None}
 TORCH = "torch==2.13.0"
+INDEXTTS = "indextts2-inference"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         # version resolves to the local CPU wheel here and to the CPU/CUDA default elsewhere.
         pip(TORCH)
     pip("-e", f"{ROOT}[{args.extras}]" if args.extras else str(ROOT))
+    if "indextts" in args.extras.split(","):
+        # Only indextts/gpt/model_v2.py is used; its own requirements come with the extra.
+        pip("--no-deps", INDEXTTS)
     still = [] if args.no_system else missing_system_packages()
     if still:
         print(f"setup: still missing system packages: {' '.join(still)} (speech chapters need them)",

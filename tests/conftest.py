@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# The outer work folder (CI sets one per run): functional tests and the notebooks share it,
+# so the quick base model is trained once per test session.
+OUTER_HOME = os.environ.get("AMHELPERS_HOME")
+
 
 @pytest.fixture(autouse=True)
 def work_home(tmp_path_factory, monkeypatch) -> Path:
@@ -33,3 +37,12 @@ def indextts2_dir() -> Path:
         pytest.skip("AMHELPERS_INDEXTTS2_DIR is unset: point it at the folder holding IndexTTS2's "
                     "bpe.model and config.yaml to run the real-tokenizer tests")
     return Path(value)
+
+
+@pytest.fixture
+def course_home(tmp_path_factory, monkeypatch) -> Path:
+    """The shared work folder of this test session (the outer AMHELPERS_HOME when set)."""
+    home = Path(OUTER_HOME) if OUTER_HOME else tmp_path_factory.getbasetemp() / "course_home"
+    home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("AMHELPERS_HOME", str(home))
+    return home

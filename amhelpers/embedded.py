@@ -1,0 +1,217 @@
+"""The embedded default: a miniature IndexTTS-like model pretrained on English espeak-ng speech.
+
+Every chapter that needs the base model, the codec or the manifests calls the functions here;
+each builds what is missing in the work folder and reuses what is there, so any notebook can
+run on its own. Layout under ``$AMHELPERS_HOME/embedded/<profile>/``::
+
+    codec.npz                     frame-stacked k-means codebook (base + target train split)
+    manifests/<tok>/<lang>_<split>.jsonl  (+ .meta.json with the input hash)
+    runs/base/                    the English pretraining run (checkpoints, metrics, tb/)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import corpus, settings
+from . import tokenizer as tk
+from .io import sha256_file, write_text_atomic
+from .text import normalize
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one run of the course. ``quick`` is a smoke run for CI, ``full`` the course."""
+
+    name: str
+    base_lang: str = "eng"
+    target_lang: str = "amh"
+    base_train_phrases: int | None = None   # None: every phrase of the split
+    target_train_phrases: int | None = None
+    val_phrases: int = 300
+    eval_phrases: int = 20
+    codebook_k: int = 512
+    codebook_vectors: int = 100_000
+    base_vocab: int = 500
+    add_vocab: int = 1000
+    pretrain_steps: int = 1000   # ~10 CPU minutes at ~2,500 tokens/s (benchmarks/bench_model.py)
+    warmup_steps: int = 100
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    val_every: int = 200
+    seed: int = 0
+
+
+PROFILES = {
+    "full": Profile("full"),
+    "quick": Profile("quick", base_train_phrases=1200, target_train_phrases=600, val_phrases=100,
+                     eval_phrases=6, codebook_vectors=30_000, pretrain_steps=150,
+                     warmup_steps=20, val_every=50),
+}
+
+
+def profile(name: str | None = None) -> Profile:
+    """Return the named profile (default ``$AMHELPERS_PROFILE``)."""
+    name = name or settings.profile()
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def folder(p: Profile) -> Path:
+    """Return ``$AMHELPERS_HOME/embedded/<profile>``."""
+    path = settings.home() / "embedded" / p.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _subset(items: list[str], n: int | None) -> list[str]:
+    """Every k-th item so that a subset spans the whole corpus (deterministic)."""
+    if n is None or n >= len(items):
+        return items
+    step = len(items) / n
+    return [items[int(i * step)] for i in range(n)]
+
+
+def phrases(p: Profile, lang: str, split: str) -> list[str]:
+    """The phrases of ``lang``/``split`` the profile uses (deduplicated, order kept)."""
+    limit = {"train": p.base_train_phrases if lang == p.base_lang else p.target_train_phrases,
+             "val": p.val_phrases, "test": p.eval_phrases * 5}[split]
+    unique = list(dict.fromkeys(x for x in corpus.phrases(lang, split) if normalize(x, lang)))
+    return _subset(unique, limit)
+
+
+def mels_for(lang: str, texts: list[str], progress: bool = True) -> list[np.ndarray]:
+    """Synthesise (cached) and return log-mels of ``texts`` in ``lang``."""
+    from .codec import log_mel
+    from .speech import load_wav, synthesize
+
+    paths = synthesize(texts, lang, progress=progress)
+    return [log_mel(load_wav(path)) for path in paths]
+
+
+def base_tokenizer(p: Profile) -> Path:
+    """The English BPE tokenizer of the base model."""
+    return tk.embedded_base(p.base_vocab, p.base_lang)
+
+
+def extended_tokenizer(p: Profile) -> Path:
+    """The base tokenizer extended with the target language (chapter 1's recipe)."""
+    path = settings.home() / "tokenizers" / f"{p.base_lang}_bpe{p.base_vocab}+{p.target_lang}{p.add_vocab}.model"
+    if not path.is_file():
+        tk.extend(base_tokenizer(p), corpus.split_lines(p.target_lang, "train"), p.target_lang,
+                  p.add_vocab, path)
+    return path
+
+
+def codec(p: Profile, progress: bool = True):
+    """Return the profile's codebook, fitting it on base + target training speech when missing."""
+    from .codec import Codebook
+
+    path = folder(p) / "codec.npz"
+    if path.is_file():
+        return Codebook.load(path)
+    mels = (mels_for(p.base_lang, phrases(p, p.base_lang, "train"), progress)
+            + mels_for(p.target_lang, phrases(p, p.target_lang, "train"), progress))
+    book = Codebook.fit(mels, k=p.codebook_k, seed=p.seed, max_vectors=p.codebook_vectors)
+    book.save(path)
+    return book
+
+
+def manifest(p: Profile, lang: str, split: str, tokenizer: Path | None = None,
+             progress: bool = True) -> Path:
+    """Return the manifest of ``lang``/``split``, building it when missing or stale.
+
+    A manifest is rebuilt when its input hash changes: phrases, tokenizer file and codec.
+    """
+    from .data import build_manifest, meta_path
+
+    tokenizer = Path(tokenizer or base_tokenizer(p))
+    book = codec(p, progress)
+    texts = phrases(p, lang, split)
+    key = hashlib.sha256(json.dumps({
+        "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        "tokenizer": sha256_file(tokenizer), "codec": book.config_hash(), "lang": lang,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    out = folder(p) / "manifests" / tokenizer.stem / f"{lang}_{split}.jsonl"
+    meta = meta_path(out)
+    if out.is_file() and meta.is_file() and json.loads(meta.read_text())["key"] == key:
+        return out
+    return build_manifest(out, texts, lang, tokenizer, book, split=split, progress=progress, key=key)
+
+
+def base_model(p: Profile | None = None, progress: bool = True) -> Path:
+    """Return the English base model's checkpoint, pretraining it when the work folder lacks it."""
+    from .train import TrainConfig, latest_checkpoint, train
+
+    p = p or profile()
+    run_dir = folder(p) / "runs" / "base"
+    done = run_dir / "done.json"
+    if done.is_file():
+        return Path(json.loads(done.read_text())["checkpoint"])
+    tok = base_tokenizer(p)
+    cfg = TrainConfig(
+        train_manifest=str(manifest(p, p.base_lang, "train", tok, progress)),
+        val_manifest=str(manifest(p, p.base_lang, "val", tok, progress)),
+        tokenizer=str(tok), output_dir=str(run_dir), learning_rate=p.learning_rate,
+        warmup_steps=p.warmup_steps, max_steps=p.pretrain_steps, batch_size=p.batch_size,
+        val_every=p.val_every, save_every=p.pretrain_steps, seed=p.seed, progress=progress,
+        resume="auto" if latest_checkpoint(run_dir) else None,
+        model={"number_mel_codes": p.codebook_k + 2})
+    result = train(cfg)
+    write_text_atomic(done, json.dumps({"checkpoint": result["checkpoint"], "profile": asdict(p),
+                                        "result": result}, default=str))
+    return Path(result["checkpoint"])
+
+
+def evaluate(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = None,
+             n: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Greedy generation on held-out phrases: length ratio and correlation, MCD and baselines.
+
+    MCD compares centroid mels (codebook decode) with the reference log-mel after DTW, for the
+    model's codes and for the baselines: the codec round trip (the ceiling), random codes and
+    the mean frame. Lower is better; only differences within this table mean anything.
+
+    Returns:
+        ``n``, ``length_ratio``, ``length_corr``, ``mcd``, ``mcd_round_trip``, ``mcd_random``,
+        ``mcd_mean_frame``, ``mcd_vs_random``, ``hit_cap`` (outputs that hit the length cap),
+        and per-utterance rows under ``items``.
+    """
+    from .codec import baselines, mcd_dtw
+    from .data import check_manifest, read_manifest
+    from .model import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    model.eval()
+    book = codec(p, progress)
+    test_manifest = manifest(p, lang, "test", tokenizer, progress)
+    check_manifest(test_manifest, book, tokenizer)
+    rows = read_manifest(test_manifest)[: n or p.eval_phrases]
+    texts = [r["text"] for r in rows]
+    refs = mels_for(lang, texts, progress)
+    import torch
+
+    with torch.no_grad():
+        generated = model.generate_batch([r["text_ids"] for r in rows])
+    cap = model.config.max_mel_tokens
+    items = []
+    for row, ref, codes in zip(rows, refs, generated):
+        mel_hat = book.decode_mel(np.asarray(codes, dtype=np.int64)) if codes else ref[:1] * 0
+        items.append({"id": row["id"], "text": row["text"], "n_ref": row["n_codes"],
+                      "n_gen": len(codes), "mcd": mcd_dtw(mel_hat, ref), "codes": codes})
+    base = baselines(book, refs, seed=p.seed, via_audio=False)
+    ref_len = np.array([i["n_ref"] for i in items], dtype=float)
+    gen_len = np.array([i["n_gen"] for i in items], dtype=float)
+    corr = float(np.corrcoef(ref_len, gen_len)[0, 1]) if len(items) > 2 and gen_len.std() > 0 else 0.0
+    mcd = float(np.mean([i["mcd"] for i in items]))
+    return {"n": len(items), "length_ratio": float(gen_len.sum() / ref_len.sum()),
+            "length_corr": corr, "mcd": mcd, "mcd_round_trip": base["round_trip"],
+            "mcd_random": base["random_codes"], "mcd_mean_frame": base["mean_frame"],
+            "mcd_vs_random": mcd / base["random_codes"],
+            "hit_cap": int(sum(i["n_gen"] >= cap for i in items)), "items": items}
