@@ -13,8 +13,10 @@ import sys
 GROUPS: dict[str, tuple[str, str]] = {
     "corpus": ("amhelpers.corpus", "fetch or check HornMT, print splits and phrases"),
     "tokenizer": ("amhelpers.tokenizer", "extend and verify a SentencePiece tokenizer"),
-    "speech": ("amhelpers.speech", "synthesise phrases with espeak-ng, fit and use the codec"),
+    "speech": ("amhelpers.speech", "synthesise phrases with espeak-ng"),
     "train": ("amhelpers.train", "train MiniVoice with the IndexTTS2 trainer's flags"),
+    "checkpoint": ("amhelpers.checkpoint", "grow text tables for an extended tokenizer, inspect checkpoints"),
+    "diagnose": ("amhelpers.diagnose", "per-row statistics, drift, plateau and ranked causes for a checkpoint"),
     "course": ("amhelpers.course", "run the course notebooks in order with papermill"),
 }
 

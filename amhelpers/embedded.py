@@ -45,6 +45,9 @@ class Profile:
     learning_rate: float = 1e-3
     batch_size: int = 32
     val_every: int = 200
+    finetune_phrases: int = 1000   # a low-resource target: transfer from English must show
+    finetune_steps: int = 300
+    finetune_val_every: int = 100
     seed: int = 0
 
 
@@ -52,7 +55,8 @@ PROFILES = {
     "full": Profile("full"),
     "quick": Profile("quick", base_train_phrases=1200, target_train_phrases=600, val_phrases=100,
                      eval_phrases=6, codebook_vectors=30_000, pretrain_steps=150,
-                     warmup_steps=20, val_every=50),
+                     warmup_steps=20, val_every=50, finetune_phrases=200, finetune_steps=40,
+                     finetune_val_every=20),
 }
 
 
@@ -79,10 +83,10 @@ def _subset(items: list[str], n: int | None) -> list[str]:
     return [items[int(i * step)] for i in range(n)]
 
 
-def phrases(p: Profile, lang: str, split: str) -> list[str]:
+def phrases(p: Profile, lang: str, split: str, limit: int | None = None) -> list[str]:
     """The phrases of ``lang``/``split`` the profile uses (deduplicated, order kept)."""
-    limit = {"train": p.base_train_phrases if lang == p.base_lang else p.target_train_phrases,
-             "val": p.val_phrases, "test": p.eval_phrases * 5}[split]
+    limit = limit or {"train": p.base_train_phrases if lang == p.base_lang else p.target_train_phrases,
+                      "val": p.val_phrases, "test": p.eval_phrases * 5}[split]
     unique = list(dict.fromkeys(x for x in corpus.phrases(lang, split) if normalize(x, lang)))
     return _subset(unique, limit)
 
@@ -125,7 +129,7 @@ def codec(p: Profile, progress: bool = True):
 
 
 def manifest(p: Profile, lang: str, split: str, tokenizer: Path | None = None,
-             progress: bool = True) -> Path:
+             progress: bool = True, limit: int | None = None) -> Path:
     """Return the manifest of ``lang``/``split``, building it when missing or stale.
 
     A manifest is rebuilt when its input hash changes: phrases, tokenizer file and codec.
@@ -134,12 +138,12 @@ def manifest(p: Profile, lang: str, split: str, tokenizer: Path | None = None,
 
     tokenizer = Path(tokenizer or base_tokenizer(p))
     book = codec(p, progress)
-    texts = phrases(p, lang, split)
+    texts = phrases(p, lang, split, limit)
     key = hashlib.sha256(json.dumps({
         "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
         "tokenizer": sha256_file(tokenizer), "codec": book.config_hash(), "lang": lang,
     }, sort_keys=True).encode()).hexdigest()[:16]
-    out = folder(p) / "manifests" / tokenizer.stem / f"{lang}_{split}.jsonl"
+    out = folder(p) / "manifests" / tokenizer.stem / f"{lang}_{split}{f'_{limit}' if limit else ''}.jsonl"
     meta = meta_path(out)
     if out.is_file() and meta.is_file() and json.loads(meta.read_text())["key"] == key:
         return out
@@ -215,3 +219,102 @@ def evaluate(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = N
             "mcd_random": base["random_codes"], "mcd_mean_frame": base["mean_frame"],
             "mcd_vs_random": mcd / base["random_codes"],
             "hit_cap": int(sum(i["n_gen"] >= cap for i in items)), "items": items}
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """One way to extend the English base to the target language (chapters 3 and 4).
+
+    The defaults are the original trainer's: constructor ("indextts") init for new rows,
+    every parameter trained at one learning rate, AdamW weight decay on everything.
+    """
+
+    name: str
+    init: str = "indextts"          # amhelpers.checkpoint.STRATEGIES
+    learning_rate: float = 2e-5     # everything that is not a text table
+    new_row_lr: float | None = None  # text tables; None: same as learning_rate
+    freeze: str | None = None       # None, "hook" (the original fix) or "exact"
+    decay_all: bool = True          # original: decay on every parameter
+    weight_decay: float = 0.01
+    steps: int | None = None        # default: the profile's finetune_steps
+    warmup_steps: int = 20
+
+
+def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, Any]:
+    """Extend the base model to the target language with ``spec`` and train it (cached).
+
+    Steps: grow the text tables from the base tokenizer's size to the extended one with
+    ``spec.init`` (rows of the base keep their ids), train on a low-resource target split,
+    and report losses and row drift. The grown model before training is kept as ``init.pt``
+    (the snapshot for drift).
+
+    Returns:
+        ``run_dir``, ``checkpoint``, ``init``, ``base_rows``, ``val`` (last validation),
+        ``first_val``, ``drift`` (see :func:`amhelpers.diagnose.drift`), ``frozen_changed``.
+    """
+    from . import checkpoint as ckpt
+    from .diagnose import drift
+    from .freeze import freeze_base_rows
+    from .optim import param_groups
+    from .train import TrainConfig, train
+
+    run_dir = folder(p) / "runs" / spec.name
+    result_file = run_dir / "result.json"
+    spec_dict = asdict(spec)
+    if result_file.is_file():
+        cached = json.loads(result_file.read_text())
+        if cached.get("spec") == spec_dict:
+            return cached
+    base_tok, ext_tok = base_tokenizer(p), extended_tokenizer(p)
+    base_ckpt = base_model(p, progress)
+    sd, meta = ckpt.load_state_dict(base_ckpt)
+    base_vocab = sd["text_embedding.weight"].shape[0] - 1
+    new_vocab = len(tk.load_proto(ext_tok, "tokenizer").pieces)
+    grown, record = ckpt.grow_text_tables(sd, base_vocab, new_vocab, spec.init, seed=p.seed,
+                                          tokenizer=ext_tok, base_tokenizer=base_tok)
+    if run_dir.exists():  # a stale run of another spec: start over
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    init_path = run_dir / "init.pt"
+    ckpt.save_state_dict(init_path, grown, meta)
+    ckpt.write_extension_record(init_path, record)
+    steps = spec.steps or p.finetune_steps
+    cfg = TrainConfig(
+        train_manifest=str(manifest(p, p.target_lang, "train", ext_tok, progress, p.finetune_phrases)),
+        val_manifest=str(manifest(p, p.target_lang, "val", ext_tok, progress)),
+        tokenizer=str(ext_tok), output_dir=str(run_dir / "train"), init_checkpoint=str(init_path),
+        learning_rate=spec.learning_rate, weight_decay=spec.weight_decay,
+        warmup_steps=spec.warmup_steps, max_steps=steps, batch_size=p.batch_size,
+        val_every=p.finetune_val_every, save_every=steps, seed=p.seed, progress=progress)
+    handles: list = []
+
+    def groups(model, _cfg):
+        if spec.decay_all and spec.new_row_lr is None:
+            return [{"params": [q for q in model.parameters() if q.requires_grad]}]
+        return param_groups(model, base_vocab, spec.new_row_lr or spec.learning_rate,
+                            spec.learning_rate, spec.weight_decay)
+
+    def start(model, optimizer, _step):
+        if spec.freeze:
+            handles.append(freeze_base_rows(model, base_vocab, mode=spec.freeze).attach(optimizer))
+
+    out = train(cfg, param_groups_fn=groups, on_start=start)
+    trained, _ = ckpt.load_state_dict(out["checkpoint"])
+    moved = drift(trained, grown, base_vocab)
+    metrics = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
+    val = [m for m in metrics if m.get("split") == "val"]
+    frozen_changed = {name: int((trained[name][:base_vocab] != sd[name][:base_vocab]).any(-1).sum()
+                                if trained[name].dim() > 1 else
+                                (trained[name][:base_vocab] != sd[name][:base_vocab]).sum())
+                      for name in ckpt.TEXT_KEYS}
+    rel = {name: float(((trained[name][:base_vocab] - sd[name][:base_vocab]).norm()
+                        / sd[name][:base_vocab].norm()).item()) for name in ckpt.TEXT_KEYS}
+    result = {"spec": spec_dict, "run_dir": str(run_dir), "checkpoint": out["checkpoint"],
+              "init": str(init_path), "base_rows": base_vocab, "rows": new_vocab + 1,
+              "first_val": val[0] if val else None, "val": val[-1] if val else None,
+              "drift": moved, "frozen_changed_rows": frozen_changed,
+              "frozen_relative_change": rel, "steps": out["step"], "wall_s": out["wall_s"]}
+    write_text_atomic(result_file, json.dumps(result, default=str))
+    return result

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence

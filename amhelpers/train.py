@@ -39,6 +39,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ import torch
 from torch import nn
 
 from amhelpers.data import LengthBucketBatches, collate, read_manifest
+from amhelpers.freeze import freeze_base_rows
 from amhelpers.io import atomic_write, sha256_file
 from amhelpers.model import (
     CheckpointMismatchError,
@@ -55,6 +57,7 @@ from amhelpers.model import (
     read_checkpoint,
     save_checkpoint,
 )
+from amhelpers.optim import StagedSchedule, param_groups
 from amhelpers.settings import home
 
 CHECKPOINT_GLOB = "ckpt_*.pt"
@@ -106,6 +109,19 @@ class TrainConfig:
                                        "a fresh optimizer at step 0; ignored when resuming",
                                        type=str)
     seed: int = _opt("seed of initialisation, batches and dropout", default=0, type=int)
+    freeze_base_rows: int | None = _opt(
+        "keep rows [0, N) of text_embedding/text_head frozen (chapter 4); default: no freeze",
+        type=int)
+    freeze_mode: str = _opt("how to freeze: exact (bit-identical under any optimizer), or hook "
+                            "(the original fix's gradient hook, which leaks under weight decay)",
+                            default="exact", type=str, choices=["exact", "hook"])
+    new_row_lr: float | None = _opt("learning rate of the text tables (their new rows); "
+                                    "default --learning-rate", type=float)
+    decay: str = _opt("weight decay on 'all' parameters (the IndexTTS2 trainer) or on "
+                      "'weights' only (no decay on embeddings, biases, norms; XTTS)",
+                      default="all", type=str, choices=["all", "weights"])
+    new_rows_only_steps: int = _opt("train only the text tables for the first N steps, then "
+                                    "everything (a staged schedule)", default=0, type=int)
     bucket_window: int = _opt("batches per length-sorting window", default=50, type=int)
     progress: bool = _opt("show a tqdm progress bar", default=True)
     model: dict[str, Any] = field(default_factory=dict, metadata={
@@ -125,6 +141,10 @@ class TrainConfig:
         if bad:
             raise ValueError("train settings out of range: " + ", ".join(bad))
         known = {f.name for f in dataclasses.fields(MiniVoiceConfig)}
+        if self.freeze_base_rows is not None and self.freeze_base_rows <= 0:
+            raise ValueError(f"--freeze-base-rows must be positive, got {self.freeze_base_rows}")
+        if self.new_rows_only_steps < 0:
+            raise ValueError(f"--new-rows-only-steps must be >= 0, got {self.new_rows_only_steps}")
         if set(self.model) - known:
             raise ValueError(f"unknown model field(s) {sorted(set(self.model) - known)}")
 
@@ -392,11 +412,26 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
         except CheckpointMismatchError as err:
             raise CheckpointMismatchError(f"{source}: {err}") from None
     model.train()
-    groups = param_groups_fn(model, cfg) if param_groups_fn else [
-        {"params": [p for p in model.parameters() if p.requires_grad]}]
+    grouped = (cfg.freeze_base_rows is not None or cfg.new_row_lr is not None
+               or cfg.decay == "weights" or cfg.new_rows_only_steps > 0)
+    if param_groups_fn is not None:
+        groups = param_groups_fn(model, cfg)
+    elif grouped:
+        groups = param_groups(model, cfg.freeze_base_rows, cfg.new_row_lr or cfg.learning_rate,
+                              cfg.learning_rate, cfg.weight_decay)
+        if cfg.decay == "all":  # keep the trainer's decay on everything, per-group LRs only
+            for group in groups:
+                group["weight_decay"] = cfg.weight_decay
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.max_steps))
+    schedule = partial(warmup_cosine, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
+    if cfg.new_rows_only_steps > 0:
+        scheduler = StagedSchedule(cfg.new_rows_only_steps).scheduler(optimizer, schedule)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    freeze = (freeze_base_rows(model, cfg.freeze_base_rows, mode=cfg.freeze_mode)
+              if cfg.freeze_base_rows is not None else None)
     sampler = LengthBucketBatches([len(r["text_ids"]) + len(r["codes"]) for r in train_rows],
                                   cfg.batch_size, seed=cfg.seed, window=cfg.bucket_window)
     step, wall_before, window = 0, 0.0, _Window()
@@ -446,6 +481,8 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
 
     try:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        if freeze is not None:
+            freeze.attach(optimizer)
         if on_start:
             on_start(model, optimizer, step)
         if val_rows and step == 0:
@@ -549,7 +586,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help="hide the progress bar")
             continue
         parser.add_argument(flag, dest=f.name, type=f.metadata["type"], default=f.default,
-                            help=f.metadata["help"] + (f" (default {f.default})"
+                            choices=f.metadata.get("choices"), help=f.metadata["help"] + (f" (default {f.default})"
                                                        if f.default is not None else ""))
     group = parser.add_argument_group("model", TrainConfig.__dataclass_fields__["model"]
                                       .metadata["help"])

@@ -1,7 +1,15 @@
 import pytest
 
-from amhelpers.text import (geez_to_int, is_ethiopic, normalize, number_to_words, romanize,
-                            script_of, script_share, spell_numbers_amharic)
+from amhelpers.text import (
+    geez_to_int,
+    is_ethiopic,
+    normalize,
+    number_to_words,
+    romanize,
+    script_of,
+    script_share,
+    spell_numbers_amharic,
+)
 
 
 @pytest.mark.parametrize("word, latin", [

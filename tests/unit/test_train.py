@@ -314,3 +314,27 @@ def test_cli_trains_five_steps(manifests, tmp_path, capsys):
     assert cli.main(["train", "--train-manifest", str(tmp_path / "none.jsonl"),
                      "--output-dir", str(tmp_path / "cli2"), "--no-progress"]) == 2
     assert "none.jsonl does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode, frozen", [("exact", True), ("hook", False)])
+def test_freeze_flags_keep_base_rows(manifests, tmp_path, mode, frozen):
+    first = train(config(manifests, tmp_path / "a", max_steps=4, val_manifest=None))
+    start = weights(first["checkpoint"])
+    args = ["train", "--train-manifest", str(manifests[0]), "--output-dir", str(tmp_path / "b"),
+            "--init-checkpoint", first["checkpoint"], "--max-steps", "6", "--batch-size", "8",
+            "--warmup-steps", "1", "--no-progress", "--freeze-base-rows", "20",
+            "--freeze-mode", mode, "--new-row-lr", "1e-2", "--learning-rate", "1e-3",
+            "--weight-decay", "0.1", "--new-rows-only-steps", "3"]
+    assert cli.main(args) == 0
+    after = weights(latest_checkpoint(tmp_path / "b"))
+    for name in ("text_embedding.weight", "text_head.weight", "text_head.bias"):
+        assert torch.equal(after[name][:20], start[name][:20]) is frozen, name
+        assert not torch.equal(after[name][20:], start[name][20:]), name
+    assert not torch.equal(after["mel_head.weight"], start["mel_head.weight"])
+
+
+def test_freeze_flags_reject_bad_values(manifests, tmp_path):
+    with pytest.raises(ValueError, match="--freeze-base-rows must be positive"):
+        train(config(manifests, tmp_path / "c", freeze_base_rows=0))
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--train-manifest", str(manifests[0]), "--freeze-mode", "magic"])

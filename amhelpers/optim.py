@@ -1,0 +1,195 @@
+"""Optimizer parameter groups for extending text tables: new-row learning rate, decay rules.
+
+:func:`param_groups` splits a model into up to four AdamW groups:
+
+====================  ===============================  ================  ==============
+group ``name``        parameters                       ``lr``            weight decay
+====================  ===============================  ================  ==============
+``tables/decay``      text-table weights of Linear     ``new_row_lr``    ``weight_decay``
+                      layers (``text_head.weight``)
+``tables/no_decay``   ``text_embedding.weight``,       ``new_row_lr``    0
+                      ``text_head.bias``
+``body/decay``        other matrices                   ``lr``            ``weight_decay``
+``body/no_decay``     embeddings, biases, norms,       ``lr``            0
+                      every 0-/1-D parameter
+====================  ===============================  ================  ==============
+
+The decay rule is XTTS's ``optimizer_wd_only_on_weights`` (coqui TTS, GPT trainer): no weight
+decay on ``nn.Embedding`` tables, biases or normalisation layers. Each group carries
+``"role"`` (``"tables"`` or ``"body"``) so :class:`StagedSchedule` can tell them apart.
+
+The frozen part of the tables is :mod:`amhelpers.freeze`'s business; the two compose::
+
+    handle = freeze_base_rows(model, base_rows, mode="exact")
+    opt = torch.optim.AdamW(param_groups(model, base_rows, new_row_lr=1e-3, lr=1e-4,
+                                         weight_decay=0.01, freeze_handle=handle))
+    handle.attach(opt)
+
+(``make_optimizer(model, cfg, freeze_handle=handle)`` does the same in one call.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from amhelpers.freeze import DEFAULT_NAMES, FreezeHandle, _resolve
+
+NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
+EMBEDDING_MODULES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _no_decay(name: str, param: nn.Parameter, owner: nn.Module | None) -> bool:
+    """XTTS's rule: no decay on biases, norms and embeddings (and any 0-/1-D parameter)."""
+    if name.endswith(".bias") or param.dim() < 2:
+        return True
+    return owner is not None and (isinstance(owner, NORM_MODULES + EMBEDDING_MODULES)
+                                  or "norm" in type(owner).__name__.lower())
+
+
+def param_groups(model: nn.Module, base_rows: int | None = None, new_row_lr: float | None = None,
+                 lr: float = 1e-3, weight_decay: float = 0.01,
+                 names: Iterable[str] = DEFAULT_NAMES, *,
+                 freeze_handle: FreezeHandle | None = None) -> list[dict[str, Any]]:
+    """Build optimizer parameter groups (see the module docstring for the table).
+
+    Args:
+        model: the model; only parameters with ``requires_grad`` are grouped.
+        base_rows: the base row count, checked against the tables (``0 < base_rows < rows``)
+            and recorded in the table groups; ``None`` skips the check.
+        new_row_lr: learning rate of the text tables (whose base rows ``freeze`` keeps
+            still); default ``lr``.
+        lr: learning rate of everything else.
+        weight_decay: decay of the matrices that get it.
+        names: the text tables (default ``text_embedding.weight``, ``text_head.weight``,
+            ``text_head.bias``).
+        freeze_handle: a :func:`amhelpers.freeze.freeze_base_rows` handle; in exact-sparse
+            mode each table is replaced by its trainable-row leaf.
+
+    Returns:
+        a list of groups (empty groups dropped), each ``{"params", "lr", "weight_decay",
+        "name", "role"}``; the table groups also carry ``"base_rows"``.
+    """
+    if lr < 0 or weight_decay < 0 or (new_row_lr is not None and new_row_lr < 0):
+        raise ValueError(f"lr, new_row_lr and weight_decay must be >= 0, got lr={lr}, "
+                         f"new_row_lr={new_row_lr}, weight_decay={weight_decay}")
+    new_row_lr = lr if new_row_lr is None else new_row_lr
+    tables = _resolve(model, tuple(names))
+    table_ids = {id(p) for p in tables.values()}
+    if base_rows is not None:
+        for name, p in tables.items():
+            if not 0 < base_rows < p.shape[0]:
+                raise ValueError(f"base_rows={base_rows} must be in (0, {p.shape[0]}) for "
+                                 f"{name} with {p.shape[0]} rows")
+    owners: dict[int, nn.Module] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), module)
+    buckets: dict[str, list[nn.Parameter]] = {"tables/decay": [], "tables/no_decay": [],
+                                              "body/decay": [], "body/no_decay": []}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        role = "tables" if id(p) in table_ids else "body"
+        kind = "no_decay" if _no_decay(name, p, owners.get(id(p))) else "decay"
+        if freeze_handle is not None:
+            p = freeze_handle.leaf_for(p)
+        buckets[f"{role}/{kind}"].append(p)
+    groups = []
+    for key, params in buckets.items():
+        if not params:
+            continue
+        role, kind = key.split("/")
+        group = {"params": params, "lr": new_row_lr if role == "tables" else lr,
+                 "weight_decay": weight_decay if kind == "decay" else 0.0,
+                 "name": key, "role": role}
+        if role == "tables" and base_rows is not None:
+            group["base_rows"] = base_rows
+        groups.append(group)
+    return groups
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def make_optimizer(model: nn.Module, cfg_like: Any, *,
+                   freeze_handle: FreezeHandle | None = None) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, configured from a TrainConfig-like object or dict.
+
+    Reads ``learning_rate`` (default 1e-3), ``weight_decay`` (0.01), ``new_row_lr`` (default
+    the learning rate), ``base_rows`` (optional) and ``freeze_names`` (default the three text
+    tables). Attaches ``freeze_handle`` to the new optimizer when given.
+    """
+    lr = float(_cfg_get(cfg_like, "learning_rate", 1e-3))
+    wd = float(_cfg_get(cfg_like, "weight_decay", 0.01))
+    new_row_lr = _cfg_get(cfg_like, "new_row_lr", None)
+    base_rows = _cfg_get(cfg_like, "base_rows", None)
+    if base_rows is None and freeze_handle is not None:
+        base_rows = freeze_handle.base_rows
+    names = _cfg_get(cfg_like, "freeze_names", None) or (
+        tuple(freeze_handle.params) if freeze_handle is not None else DEFAULT_NAMES)
+    groups = param_groups(model, base_rows, None if new_row_lr is None else float(new_row_lr),
+                          lr, wd, names, freeze_handle=freeze_handle)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+    if freeze_handle is not None:
+        freeze_handle.attach(optimizer)
+    return optimizer
+
+
+class StagedSchedule:
+    """Train only the new rows first: body groups get learning rate 0 for N steps.
+
+    Compose it with any per-step multiplier (warmup, cosine) through ``LambdaLR``'s list of
+    per-group lambdas::
+
+        staged = StagedSchedule(new_rows_only_steps=500)
+        scheduler = staged.scheduler(optimizer, lambda s: warmup_cosine(s, 100, 5000))
+
+    Table groups (``role == "tables"``, as :func:`param_groups` makes them) follow ``base``;
+    every other group follows ``0`` for steps ``< N`` and ``base`` afterwards. With lr 0 AdamW
+    leaves the body bit-identical (its moments still accumulate). The scheduler's state is
+    LambdaLR's, so resuming from a checkpoint continues the stage correctly.
+    """
+
+    def __init__(self, new_rows_only_steps: int) -> None:
+        if isinstance(new_rows_only_steps, bool) or int(new_rows_only_steps) != new_rows_only_steps:
+            raise TypeError(f"new_rows_only_steps must be an int, got {new_rows_only_steps!r}")
+        if new_rows_only_steps < 0:
+            raise ValueError(f"new_rows_only_steps must be >= 0, got {new_rows_only_steps}")
+        self.new_rows_only_steps = int(new_rows_only_steps)
+
+    def factor(self, role: str, step: int) -> float:
+        """The multiplier of a group with this role at this step (before any base schedule)."""
+        return 1.0 if role == "tables" or step >= self.new_rows_only_steps else 0.0
+
+    def lambdas(self, optimizer: torch.optim.Optimizer,
+                base: Callable[[int], float] | None = None) -> list[Callable[[int], float]]:
+        """One lambda per parameter group of ``optimizer`` for ``LambdaLR``."""
+        roles = [g.get("role") for g in optimizer.param_groups]
+        if "tables" not in roles:
+            raise ValueError("no parameter group has role 'tables': build the optimizer with "
+                             "amhelpers.optim.param_groups (or make_optimizer)")
+        base = base or (lambda step: 1.0)
+
+        def make(role: str) -> Callable[[int], float]:
+            return lambda step: self.factor(role, step) * base(step)
+
+        return [make(r or "body") for r in roles]
+
+    def scheduler(self, optimizer: torch.optim.Optimizer,
+                  base: Callable[[int], float] | None = None
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+        """A ``LambdaLR`` applying the stage on top of ``base`` (default constant 1)."""
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, self.lambdas(optimizer, base))
+
+    def __repr__(self) -> str:
+        return f"StagedSchedule(new_rows_only_steps={self.new_rows_only_steps})"
