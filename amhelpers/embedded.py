@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,23 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
               "frozen_relative_change": rel, "steps": out["step"], "wall_s": out["wall_s"]}
     write_text_atomic(result_file, json.dumps(result, default=str))
     return result
+
+
+# The runs the course compares (chapters 3 and 4 share them through the cache).
+ORIGINAL = Finetune("original")  # the Amharic team's trainer: indextts init, lr 2e-5, decay on all
+ORIGINAL_FIX = Finetune("original_fix", learning_rate=5e-6, freeze="hook")  # ORIGINAL_FIX.md
+FIX = Finetune("fix", init="mean", learning_rate=1e-4, new_row_lr=1e-3, freeze="exact",
+               decay_all=False)  # chapter 4: exact freeze, mean init, own LR, backbone at 1e-4
+FIX_NO_FREEZE = Finetune("fix_no_freeze", init="mean", learning_rate=1e-4, new_row_lr=1e-3,
+                         decay_all=False)
+
+
+def generation(p: Profile, result: Mapping[str, Any], lang: str | None = None) -> dict[str, Any]:
+    """Evaluate a fine-tuned run on held-out phrases of ``lang`` (default: the target).
+
+    English text keeps its ids under the extended tokenizer (chapter 1), so base-language
+    manifests built with the base tokenizer serve to measure retention.
+    """
+    lang = lang or p.target_lang
+    tok = extended_tokenizer(p) if lang == p.target_lang else base_tokenizer(p)
+    return evaluate(Path(result["checkpoint"]), p, lang, tokenizer=tok)
