@@ -63,3 +63,11 @@ def test_text_without_pieces_leaves_no_file(parts, tmp_path):
     with pytest.raises(ValueError, match="yields no pieces"):
         build_manifest(out, ["fine text here", "   "], "eng", tok, book, progress=False)
     assert not out.exists() and not meta_path(out).exists()
+
+
+def test_shipped_manifest_example_is_valid():
+    from pathlib import Path
+
+    rows = read_manifest(Path(__file__).resolve().parents[2] / "data_samples" / "manifest_example.jsonl")
+    assert [r["lang"] for r in rows] == ["eng", "amh"]
+    assert all(r["n_codes"] == len(r["codes"]) and max(r["codes"]) < 512 for r in rows)
