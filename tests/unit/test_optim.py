@@ -15,12 +15,7 @@ from amhelpers.optim import StagedSchedule, make_optimizer, param_groups
 ROWS, DIM, MEL = 24, 8, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tiny(nn.Module):
