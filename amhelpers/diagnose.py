@@ -573,7 +573,8 @@ def rank_causes(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     Scores in [0, 1], calibrated so the root cause outranks its symptoms: ``<unk>`` >= 5%
     scores 0.92-1.0 (nothing trains through ``<unk>``), rows that do not move at most 0.9
-    (0.9 x share below 1%), teacher-forced-vs-generation 0.85, norm mismatch 0.8 (for a 10x
+    (0.9 once half the new rows moved < 1%; a plateau is often only the end of a cosine
+    schedule), teacher-forced-vs-generation 0.85, norm mismatch 0.8 (for a 10x
     ratio), plateau 0.7 (a symptom of all the above).
 
     Returns:
@@ -596,7 +597,7 @@ def rank_causes(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
         text = f"{float(share):.0%} of new rows moved < 1% from their init"
         if med is not None:
             text += f" (median relative drift {float(med):.2%})"
-        causes.append((CAUSE_NOT_MOVING, 0.9 * _clip(float(share)), text, True))
+        causes.append((CAUSE_NOT_MOVING, 0.9 * _clip(float(share) / 0.5), text, True))
     elif flagged is not None:
         causes.append((CAUSE_NOT_MOVING, 0.6 * _clip(float(flagged)),
                        (f"no init snapshot; {float(flagged):.0%} of new rows look untrained "
