@@ -36,15 +36,17 @@ class Profile:
     base_train_phrases: int | None = None   # None: every phrase of the split
     target_train_phrases: int | None = None
     val_phrases: int = 300
-    eval_phrases: int = 20
+    eval_phrases: int = 20         # per fine-tuned model (chapters 3, 4); the test split holds 5x
+    base_eval_phrases: int = 100   # chapter 2's quality bar (20 phrases swing it by +-0.05)
     codebook_k: int = 512
     codebook_vectors: int = 100_000
     base_vocab: int = 500
     add_vocab: int = 1000
-    pretrain_steps: int = 1000   # ~10 CPU minutes at ~2,500 tokens/s (benchmarks/bench_model.py)
-    warmup_steps: int = 100
+    pretrain_steps: int = 2000   # ~10 CPU minutes at ~2,500 tokens/s (benchmarks/bench_model.py)
+    pretrain_batch_size: int = 16  # at equal compute, 2,000 x 16 beats 1,000 x 32 (README)
+    warmup_steps: int = 200
     learning_rate: float = 1e-3
-    batch_size: int = 32
+    batch_size: int = 32           # fine-tunes
     val_every: int = 200
     finetune_phrases: int = 1000   # a low-resource target: transfer from English must show
     finetune_steps: int = 300
@@ -55,8 +57,8 @@ class Profile:
 PROFILES = {
     "full": Profile("full"),
     "quick": Profile("quick", base_train_phrases=1200, target_train_phrases=600, val_phrases=100,
-                     eval_phrases=6, codebook_vectors=30_000, pretrain_steps=150,
-                     warmup_steps=20, val_every=50, finetune_phrases=200, finetune_steps=40,
+                     eval_phrases=6, base_eval_phrases=6, codebook_vectors=30_000,
+                     pretrain_steps=150, pretrain_batch_size=32, warmup_steps=20, val_every=50, finetune_phrases=200, finetune_steps=40,
                      finetune_val_every=20),
 }
 
@@ -152,27 +154,51 @@ def manifest(p: Profile, lang: str, split: str, tokenizer: Path | None = None,
 
 
 def base_model(p: Profile | None = None, progress: bool = True) -> Path:
-    """Return the English base model's checkpoint, pretraining it when the work folder lacks it."""
+    """Return the English base model's checkpoint, pretraining it when the work folder lacks it.
+
+    The run is keyed by the profile's pretraining settings and its manifests' input hashes: a
+    finished run of the same key is reused, an interrupted one resumes, any other is replaced.
+    """
+    from .data import meta_path
     from .train import TrainConfig, latest_checkpoint, train
 
     p = p or profile()
     run_dir = folder(p) / "runs" / "base"
     done = run_dir / "done.json"
-    if done.is_file():
-        return Path(json.loads(done.read_text())["checkpoint"])
     tok = base_tokenizer(p)
+    train_manifest = manifest(p, p.base_lang, "train", tok, progress)
+    val_manifest = manifest(p, p.base_lang, "val", tok, progress)
+    key = hashlib.sha256(json.dumps({
+        "settings": {name: getattr(p, name) for name in _PRETRAIN_FIELDS},
+        "data": [json.loads(meta_path(m).read_text())["key"] for m in (train_manifest, val_manifest)],
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    if done.is_file():
+        record = json.loads(done.read_text())
+        if record.get("key") == key and Path(record["checkpoint"]).is_file():
+            return Path(record["checkpoint"])
+    key_file = run_dir / "key.txt"
+    if run_dir.exists() and (done.is_file() or not key_file.is_file() or key_file.read_text() != key):
+        import shutil  # a run of other settings (or of an older version): start over
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(key_file, key)  # an interrupted run of these settings resumes
     cfg = TrainConfig(
-        train_manifest=str(manifest(p, p.base_lang, "train", tok, progress)),
-        val_manifest=str(manifest(p, p.base_lang, "val", tok, progress)),
+        train_manifest=str(train_manifest), val_manifest=str(val_manifest),
         tokenizer=str(tok), output_dir=str(run_dir), learning_rate=p.learning_rate,
-        warmup_steps=p.warmup_steps, max_steps=p.pretrain_steps, batch_size=p.batch_size,
-        val_every=p.val_every, save_every=p.pretrain_steps, seed=p.seed, progress=progress,
-        resume="auto" if latest_checkpoint(run_dir) else None,
+        warmup_steps=p.warmup_steps, max_steps=p.pretrain_steps,
+        batch_size=p.pretrain_batch_size, val_every=p.val_every, save_every=p.pretrain_steps,
+        seed=p.seed, progress=progress, resume="auto" if latest_checkpoint(run_dir) else None,
         model={"number_mel_codes": p.codebook_k + 2})
     result = train(cfg)
-    write_text_atomic(done, json.dumps({"checkpoint": result["checkpoint"], "profile": asdict(p),
-                                        "result": result}, default=str))
+    write_text_atomic(done, json.dumps({"checkpoint": result["checkpoint"], "key": key,
+                                        "profile": asdict(p), "result": result}, default=str))
     return Path(result["checkpoint"])
+
+
+# Profile fields that shape the base model; a change retrains it (the data hash covers the rest).
+_PRETRAIN_FIELDS = ("base_lang", "codebook_k", "pretrain_steps", "pretrain_batch_size",
+                    "warmup_steps", "learning_rate", "val_every", "seed")
 
 
 def evaluate(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = None,
@@ -183,8 +209,12 @@ def evaluate(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = N
     model's codes and for the baselines: the codec round trip (the ceiling), random codes and
     the mean frame. Lower is better; only differences within this table mean anything.
 
+    ``length_corr_chars`` is the baseline for ``length_corr``: the correlation of reference
+    length with the phrase's character count, which a model that only counts letters reaches.
+
     Returns:
-        ``n``, ``length_ratio``, ``length_corr``, ``mcd``, ``mcd_round_trip``, ``mcd_random``,
+        ``n``, ``length_ratio``, ``length_corr``, ``length_corr_chars``, ``mcd``,
+        ``mcd_round_trip``, ``mcd_random``,
         ``mcd_mean_frame``, ``mcd_vs_random``, ``hit_cap`` (outputs that hit the length cap),
         and per-utterance rows under ``items``.
     """
@@ -214,9 +244,12 @@ def evaluate(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = N
     ref_len = np.array([i["n_ref"] for i in items], dtype=float)
     gen_len = np.array([i["n_gen"] for i in items], dtype=float)
     corr = float(np.corrcoef(ref_len, gen_len)[0, 1]) if len(items) > 2 and gen_len.std() > 0 else 0.0
+    chars = np.array([len(r.get("norm_text") or r["text"]) for r in rows], dtype=float)
+    corr_chars = float(np.corrcoef(ref_len, chars)[0, 1]) if len(items) > 2 and chars.std() > 0 else 0.0
     mcd = float(np.mean([i["mcd"] for i in items]))
     return {"n": len(items), "length_ratio": float(gen_len.sum() / ref_len.sum()),
-            "length_corr": corr, "mcd": mcd, "mcd_round_trip": base["round_trip"],
+            "length_corr": corr, "length_corr_chars": corr_chars, "mcd": mcd,
+            "mcd_round_trip": base["round_trip"],
             "mcd_random": base["random_codes"], "mcd_mean_frame": base["mean_frame"],
             "mcd_vs_random": mcd / base["random_codes"],
             "hit_cap": int(sum(i["n_gen"] >= cap for i in items)), "items": items}
@@ -262,12 +295,13 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
     run_dir = folder(p) / "runs" / spec.name
     result_file = run_dir / "result.json"
     spec_dict = asdict(spec)
+    base_ckpt = base_model(p, progress)
+    base_sha = sha256_file(base_ckpt)
     if result_file.is_file():
         cached = json.loads(result_file.read_text())
-        if cached.get("spec") == spec_dict:
+        if cached.get("spec") == spec_dict and cached.get("base_sha256") == base_sha:
             return cached
     base_tok, ext_tok = base_tokenizer(p), extended_tokenizer(p)
-    base_ckpt = base_model(p, progress)
     sd, meta = ckpt.load_state_dict(base_ckpt)
     base_vocab = sd["text_embedding.weight"].shape[0] - 1
     new_vocab = len(tk.load_proto(ext_tok, "tokenizer").pieces)
@@ -312,7 +346,8 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
                       for name in ckpt.TEXT_KEYS}
     rel = {name: float(((trained[name][:base_vocab] - sd[name][:base_vocab]).norm()
                         / sd[name][:base_vocab].norm()).item()) for name in ckpt.TEXT_KEYS}
-    result = {"spec": spec_dict, "run_dir": str(run_dir), "checkpoint": out["checkpoint"],
+    result = {"spec": spec_dict, "base_sha256": base_sha, "run_dir": str(run_dir),
+              "checkpoint": out["checkpoint"],
               "init": str(init_path), "base_rows": base_vocab, "rows": new_vocab + 1,
               "first_val": val[0] if val else None, "val": val[-1] if val else None,
               "drift": moved, "frozen_changed_rows": frozen_changed,
