@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .io import atomic_write
 
 ETHIOPIC_FONTS = ("Abyssinica SIL", "Noto Sans Ethiopic", "Noto Serif Ethiopic")
 
@@ -42,3 +46,28 @@ def bar_compare(ax, labels: Sequence[str], series: Mapping[str, Sequence[float]]
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
+
+
+def show(fig, path: str | os.PathLike) -> Path:
+    """Save ``fig`` as a PNG, close it and display the image in the notebook.
+
+    Under a non-interactive backend (``MPLBACKEND=Agg``, as in CI) a figure left at the end of a
+    cell never reaches the notebook; an image always does, and the file stays next to the run.
+
+    Args:
+        fig: a matplotlib figure.
+        path: the PNG to write (atomically).
+
+    Returns:
+        The path written.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(filename=str(path)))
+    return path
