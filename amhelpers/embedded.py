@@ -243,9 +243,8 @@ def evaluate(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = N
     base = baselines(book, refs, seed=p.seed, via_audio=False)
     ref_len = np.array([i["n_ref"] for i in items], dtype=float)
     gen_len = np.array([i["n_gen"] for i in items], dtype=float)
-    corr = float(np.corrcoef(ref_len, gen_len)[0, 1]) if len(items) > 2 and gen_len.std() > 0 else 0.0
     chars = np.array([len(r.get("norm_text") or r["text"]) for r in rows], dtype=float)
-    corr_chars = float(np.corrcoef(ref_len, chars)[0, 1]) if len(items) > 2 and chars.std() > 0 else 0.0
+    corr, corr_chars = _corr(ref_len, gen_len), _corr(ref_len, chars)
     mcd = float(np.mean([i["mcd"] for i in items]))
     return {"n": len(items), "length_ratio": float(gen_len.sum() / ref_len.sum()),
             "length_corr": corr, "length_corr_chars": corr_chars, "mcd": mcd,
@@ -253,6 +252,11 @@ def evaluate(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = N
             "mcd_random": base["random_codes"], "mcd_mean_frame": base["mean_frame"],
             "mcd_vs_random": mcd / base["random_codes"],
             "hit_cap": int(sum(i["n_gen"] >= cap for i in items)), "items": items}
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation, 0.0 when it is undefined (under 3 points or a constant series)."""
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else 0.0
 
 
 @dataclass(frozen=True)
