@@ -141,7 +141,8 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None,
-                mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                mask: Tensor | None = None, probe: list[Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Attend ``x`` (B, L, D) causally, after the cached positions if any.
 
         Args:
@@ -149,6 +150,8 @@ class Attention(nn.Module):
             past: cached (keys, values), each (B, H, S, D / H), or None.
             mask: boolean (B, 1, L, S + L), True = may attend; replaces the causal rule
                 (used by :meth:`MiniVoice.generate_batch` for left padding).
+            probe: when given (training, no cache, no mask), the attention probabilities
+                (B, L, L) of the first head are appended to it (for the guided-attention loss).
 
         Returns:
             The output (B, L, D) and the updated (keys, values).
@@ -160,6 +163,12 @@ class Attention(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if mask is None and past is not None and length > 1:
             raise ValueError("with a KV cache, feed one position at a time")
+        if probe is not None:
+            if past is not None or mask is not None:
+                raise ValueError("attention probes need a full causal pass (no cache, no mask)")
+            scores = q[:, 0] @ k[:, 0].transpose(1, 2) / math.sqrt(q.shape[-1])
+            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril_()
+            probe.append(scores.masked_fill(~causal, -math.inf).softmax(-1))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and past is None and length > 1,
             dropout_p=self.dropout if self.training else 0.0,
@@ -183,9 +192,10 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None,
-                mask: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Run the block; see :meth:`Attention.forward` for ``past`` and ``mask``."""
-        attn, present = self.attn(self.ln_1(x), past, mask)
+                mask: Tensor | None = None, probe: list[Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Run the block; see :meth:`Attention.forward` for ``past``, ``mask`` and ``probe``."""
+        attn, present = self.attn(self.ln_1(x), past, mask, probe)
         x = x + self.drop(attn)
         x = x + self.drop(self.mlp(self.ln_2(x)))
         return x, present
@@ -218,7 +228,8 @@ class MiniVoice(nn.Module):
 
     # ----------------------------------------------------------------------------- training
     def forward(self, text_ids: Tensor, text_lengths: Tensor, codes: Tensor, code_lengths: Tensor,
-                return_logits: bool = False) -> dict[str, Tensor]:
+                return_logits: bool = False, guide_sigma: float | None = None
+                ) -> dict[str, Tensor]:
         """Teacher-forced losses for a padded batch.
 
         Args:
@@ -229,6 +240,9 @@ class MiniVoice(nn.Module):
             return_logits: also return ``text_logits`` (B, N + 2, T + 1) and ``mel_logits``
                 (B, M + 1, number_mel_codes) with their ``text_targets`` / ``mel_targets``
                 (``-100`` where ignored).
+            guide_sigma: also return ``guide_loss``, the guided-attention loss
+                (:func:`guided_attention_loss`) of the first head of every layer but the
+                first, with this width.
 
         Returns:
             ``text_loss`` and ``mel_loss`` (mean cross-entropy per predicted token), and
@@ -257,7 +271,8 @@ class MiniVoice(nn.Module):
         pos = torch.arange(length)[None]
         packed = torch.where(pos < text_len[:, None], pos,
                              n_text + (pos - text_len[:, None]).clamp(max=n_mel - 1))
-        h, _ = self._transform(_take(x, packed), None)
+        probe: list[Tensor] | None = [] if guide_sigma is not None else None
+        h, _ = self._transform(_take(x, packed), None, probe=probe)
         mel_pos = (text_len[:, None] + torch.arange(n_mel)[None]).clamp(max=length - 1)
         text_logits = self.text_head(h[:, :n_text])
         mel_logits = self.mel_head(_take(h, mel_pos))
@@ -269,6 +284,10 @@ class MiniVoice(nn.Module):
             "text_tokens": (text_tgt != IGNORE_INDEX).sum(),
             "mel_tokens": (mel_tgt != IGNORE_INDEX).sum(),
         }
+        if probe is not None:
+            out["guide_loss"] = (torch.stack([
+                guided_attention_loss(a, text_len, code_lengths + 1, guide_sigma) for a in probe
+            ]).mean() if probe else h.new_zeros(()))
         if return_logits:
             out.update(text_logits=text_logits, mel_logits=mel_logits,
                        text_targets=text_tgt, mel_targets=mel_tgt)
@@ -300,14 +319,52 @@ class MiniVoice(nn.Module):
             raise ValueError(f"codes must be in [0, {cfg.codebook_size}) (the codebook), got "
                              f"{int(real_codes.min())}..{int(real_codes.max())}")
 
-    def _transform(self, x: Tensor, cache: KVCache | None, mask: Tensor | None = None
-                   ) -> tuple[Tensor, KVCache]:
-        """Run all blocks and the final norm; returns hidden states and the new cache."""
+    def _transform(self, x: Tensor, cache: KVCache | None, mask: Tensor | None = None,
+                   probe: list[Tensor] | None = None) -> tuple[Tensor, KVCache]:
+        """Run all blocks and the final norm; returns hidden states and the new cache.
+
+        With ``probe``, the first head's attention of every layer but the first is appended.
+        """
         present: KVCache = []
         for i, block in enumerate(self.gpt):
-            x, kv = block(x, None if cache is None else cache[i], mask)
+            x, kv = block(x, None if cache is None else cache[i], mask,
+                          probe if i > 0 else None)
             present.append(kv)
         return self.final_norm(x), present
+
+    @torch.no_grad()
+    def text_attention(self, text_ids: Sequence[int] | Tensor, codes: Sequence[int] | Tensor
+                       ) -> Tensor:
+        """Where the probed heads read the text while the codes are teacher-forced.
+
+        The probed heads are those the guided-attention loss trains: the first head of every
+        layer but the first. A head that reads the text in order shows a diagonal.
+
+        Args:
+            text_ids: one utterance's text ids, without start/stop.
+            codes: its codes, without start/stop.
+
+        Returns:
+            (layers - 1, len(codes) + 1, len(text_ids) + 2): for each probed head, each mel
+            query (start_mel, then every code) and each text position (start, text, stop), the
+            attention renormalised over the text block.
+        """
+        code_ids = torch.as_tensor(codes, dtype=torch.long).reshape(-1)
+        if len(code_ids) and not 0 <= int(code_ids.min()) <= int(code_ids.max()) \
+                < self.config.codebook_size:
+            raise ValueError(f"codes must be in [0, {self.config.codebook_size})")
+        x = torch.cat([self._prompt(text_ids),
+                       self.mel_embedding(code_ids) + self.mel_pos_embedding(1, len(code_ids))])
+        was_training = self.training
+        self.eval()
+        try:
+            probe: list[Tensor] = []
+            self._transform(x[None], None, probe=probe)
+        finally:
+            self.train(was_training)
+        n_text = len(x) - len(code_ids) - 1
+        maps = torch.stack([a[0, n_text:, :n_text] for a in probe])
+        return maps / maps.sum(-1, keepdim=True).clamp_min(1e-9)
 
     # ---------------------------------------------------------------------------- inference
     @torch.inference_mode()
@@ -462,6 +519,39 @@ def _with_start_stop(ids: Tensor, lengths: Tensor, start: int, stop: int) -> tup
     targets = torch.where(positions < stop_at - 1, targets, torch.full_like(targets, stop))
     targets = targets.masked_fill(positions >= stop_at, IGNORE_INDEX)
     return inputs, targets
+
+
+def guided_attention_loss(probs: Tensor, text_len: Tensor, mel_len: Tensor, sigma: float
+                          ) -> Tensor:
+    """Guided-attention loss (Tachibana et al. 2018, DC-TTS) for packed decoder-only rows.
+
+    Each row is packed as ``[text block][mel block]`` (see :meth:`MiniVoice.forward`). For every
+    mel query ``n`` the attention over the row's text block is renormalised, and its weight on
+    text position ``t`` is penalised by ``1 - exp(-(n/N - t/T)^2 / (2 sigma^2))``: attention
+    far from the diagonal costs, attention near it is free. This teaches a head to read the
+    text in order, which a small model on little data learns slowly on its own.
+
+    Args:
+        probs: (B, L, L) attention probabilities of one head.
+        text_len: (B,) length of each row's text block (text tokens + start + stop).
+        mel_len: (B,) number of mel queries (codes + start_mel).
+        sigma: width of the allowed band, as a fraction of the utterance (DC-TTS: 0.2).
+
+    Returns:
+        The mean penalty per mel query, in [0, 1).
+    """
+    n_text, n_mel = int(text_len.max()), int(mel_len.max())
+    queries = (text_len[:, None] + torch.arange(n_mel)[None]).clamp(max=probs.shape[1] - 1)
+    attn = torch.gather(probs[:, :, :n_text], 1, queries[:, :, None].expand(-1, -1, n_text))
+    key_ok = torch.arange(n_text)[None] < text_len[:, None]                     # (B, T)
+    query_ok = torch.arange(n_mel)[None] < mel_len[:, None]                     # (B, M)
+    attn = attn * key_ok[:, None]
+    attn = attn / attn.sum(-1, keepdim=True).clamp_min(1e-9)
+    n = (torch.arange(n_mel)[None] + 0.5) / mel_len[:, None]                    # (B, M)
+    t = (torch.arange(n_text)[None] + 0.5) / text_len[:, None]                  # (B, T)
+    penalty = 1 - torch.exp(-(n[:, :, None] - t[:, None]) ** 2 / (2 * sigma ** 2))
+    per_query = (attn * penalty).sum(-1)
+    return (per_query * query_ok).sum() / query_ok.sum()
 
 
 def _take(x: Tensor, index: Tensor) -> Tensor:

@@ -88,6 +88,12 @@ class TrainConfig:
                                 "model; 1e-3 suits the miniature one)", default=1e-3, type=float)
     text_loss_weight: float = _opt("weight of the text loss", default=0.1, type=float)
     mel_loss_weight: float = _opt("weight of the mel (code) loss", default=1.0, type=float)
+    guided_attention_weight: float = _opt(
+        "weight of a guided-attention loss (DC-TTS) on one head per layer after the first; "
+        "0 = off, as in the IndexTTS2 trainer. The embedded base model uses it: a small model "
+        "on little data learns to read the text in order much sooner", default=0.0, type=float)
+    guided_attention_sigma: float = _opt("width of the guided-attention band, as a fraction "
+                                         "of the utterance", default=0.2, type=float)
     warmup_steps: int = _opt("linear warmup steps before the cosine decay", default=100, type=int)
     weight_decay: float = _opt("AdamW weight decay (on every parameter, as the IndexTTS2 "
                                "trainer)", default=0.01, type=float)
@@ -137,7 +143,10 @@ class TrainConfig:
         bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
         bad += [f"{name}={getattr(self, name)}" for name in
                 ("learning_rate", "warmup_steps", "weight_decay", "grad_clip", "val_every",
-                 "text_loss_weight", "mel_loss_weight") if getattr(self, name) < 0]
+                 "text_loss_weight", "mel_loss_weight", "guided_attention_weight")
+                if getattr(self, name) < 0]
+        if self.guided_attention_sigma <= 0:
+            bad.append(f"guided_attention_sigma={self.guided_attention_sigma}")
         if bad:
             raise ValueError("train settings out of range: " + ", ".join(bad))
         known = {f.name for f in dataclasses.fields(MiniVoiceConfig)}
@@ -331,6 +340,8 @@ class _Run:
         split = row["split"]
         for key in ("text_loss", "mel_loss", "loss"):
             self.writer.add_scalar(f"{split}/{key}", row[key], row["step"])
+        if "guide_loss" in row:
+            self.writer.add_scalar(f"{split}/guide_loss", row["guide_loss"], row["step"])
         if split == "train":
             self.writer.add_scalar("lr", row["lr"], row["step"])
             self.bar.set_postfix(text=f"{row['text_loss']:.3f}", mel=f"{row['mel_loss']:.3f}",
@@ -494,8 +505,12 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
                 break
             tick = time.perf_counter()
             batch = collate([train_rows[i] for i in next(batches)])
-            out = model(**_model_inputs(batch))
+            guided = cfg.guided_attention_weight > 0
+            out = model(**_model_inputs(batch),
+                        guide_sigma=cfg.guided_attention_sigma if guided else None)
             loss = cfg.text_loss_weight * out["text_loss"] + cfg.mel_loss_weight * out["mel_loss"]
+            if guided:
+                loss = loss + cfg.guided_attention_weight * out["guide_loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
@@ -508,7 +523,8 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
                 on_step(model, optimizer, step)
             tokens = int((batch["text_lengths"] + batch["code_lengths"] + 3).sum())
             window.add(out["text_loss"].item(), out["mel_loss"].item(), loss.item(), grad_norm,
-                       tokens, time.perf_counter() - tick)
+                       tokens, time.perf_counter() - tick,
+                       out["guide_loss"].item() if guided else None)
             run.bar.update(1)
             if step % cfg.log_every == 0:
                 last_train = window.row(step, sampler.epoch, lr, wall())
@@ -545,9 +561,12 @@ class _Window:
     grad_norm: float = 0.0
     tokens: int = 0
     seconds: float = 0.0
+    guide_loss: float | None = None
 
     def add(self, text_loss: float, mel_loss: float, loss: float, grad_norm: float,
-            tokens: int, seconds: float) -> None:
+            tokens: int, seconds: float, guide_loss: float | None = None) -> None:
+        if guide_loss is not None:
+            self.guide_loss = (self.guide_loss or 0.0) + guide_loss
         self.steps += 1
         self.text_loss += text_loss
         self.mel_loss += mel_loss
@@ -558,11 +577,14 @@ class _Window:
 
     def row(self, step: int, epoch: int, lr: float, wall_s: float) -> dict[str, Any]:
         n = max(1, self.steps)
-        return {"split": "train", "step": step, "epoch": epoch, "lr": lr,
-                "text_loss": self.text_loss / n, "mel_loss": self.mel_loss / n,
-                "loss": self.loss / n, "grad_norm": self.grad_norm / n,
-                "tokens_per_s": round(self.tokens / max(self.seconds, 1e-9), 1),
-                "wall_s": round(wall_s, 3)}
+        row = {"split": "train", "step": step, "epoch": epoch, "lr": lr,
+               "text_loss": self.text_loss / n, "mel_loss": self.mel_loss / n,
+               "loss": self.loss / n, "grad_norm": self.grad_norm / n,
+               "tokens_per_s": round(self.tokens / max(self.seconds, 1e-9), 1),
+               "wall_s": round(wall_s, 3)}
+        if self.guide_loss is not None:
+            row["guide_loss"] = self.guide_loss / n
+        return row
 
 
 def _endless(sampler: LengthBucketBatches):

@@ -3,6 +3,9 @@
 - ``minivoice_train``: training throughput (real text + code tokens per second, padding not
   counted) on synthetic length-bucketed batches of 32 phrases shaped like the course's English
   data (~1.5 s, ~38 codes), AdamW step and grad clip included, for about ``--seconds``.
+- ``minivoice_train_guided``: the cost of the guided-attention loss (the embedded base model's
+  pretraining aid): two copies of the model, one with the loss and one without, take turns
+  on the same batches, so both see the same machine load; ``ratio`` = guided / plain time.
 - ``minivoice_generate``: real-time factor of the model alone (no Griffin-Lim) for greedy
   generation of a 3-second utterance (75 codes at 25 codes/s), with and without the KV cache:
   RTF = generation seconds / audio seconds; ``rtf_kv_batch8`` is the per-utterance RTF of
@@ -73,6 +76,44 @@ def bench_train(model: MiniVoice, seconds: float) -> dict:
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
+def bench_guided(seconds: float) -> dict:
+    rows = synthetic_rows(3200)
+    sampler = LengthBucketBatches([len(r["text_ids"]) + len(r["codes"]) for r in rows], 16, seed=0)
+    batches = [collate([rows[i] for i in b]) for b in sampler.epoch_batches(0)]
+    config = MiniVoiceConfig(number_text_tokens=TEXT_TOKENS, number_mel_codes=CODEBOOK + 2)
+    runs = {}
+    for name in ("plain", "guided"):
+        torch.manual_seed(0)
+        model = MiniVoice(config).train()
+        runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01))
+    spent = {"plain": 0.0, "guided": 0.0}
+    timed = {"plain": 0, "guided": 0}
+    steps = 0
+    while min(spent.values()) < seconds / 2 or steps < 6:
+        batch = batches[(steps // 2) % len(batches)]
+        name = ("plain", "guided")[steps % 2]
+        model, optimizer = runs[name]
+        tick = time.perf_counter()
+        out = model(batch["text_ids"], batch["text_lengths"], batch["codes"],
+                    batch["code_lengths"], guide_sigma=0.2 if name == "guided" else None)
+        loss = 0.1 * out["text_loss"] + out["mel_loss"] + out.get("guide_loss", 0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if steps >= 4:  # warm-up
+            spent[name] += time.perf_counter() - tick
+            timed[name] += 1
+        steps += 1
+    per_step = {name: spent[name] / timed[name] for name in spent}
+    return {"bench": "minivoice_train_guided", "batch_size": 16,
+            "plain_s_per_step": round(per_step["plain"], 4),
+            "guided_s_per_step": round(per_step["guided"], 4),
+            "ratio": round(per_step["guided"] / per_step["plain"], 3),
+            "timed_steps": timed, "threads": torch.get_num_threads(),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
 def bench_generate(model: MiniVoice, repeats: int) -> dict:
     model.eval()
     text = list(range(10, 22))
@@ -119,6 +160,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = MiniVoice(MiniVoiceConfig(number_text_tokens=TEXT_TOKENS, number_mel_codes=CODEBOOK + 2))
     print(json.dumps(bench_train(model, args.seconds)), flush=True)
+    print(json.dumps(bench_guided(args.seconds)), flush=True)
     print(json.dumps(bench_generate(model, args.repeats)), flush=True)
 
 

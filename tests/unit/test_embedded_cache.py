@@ -45,21 +45,28 @@ def test_base_model_reuses_retrains_and_resumes(fake_training):
     p = embedded.profile("quick")
     first = embedded.base_model(p, progress=False)
     assert len(calls) == 1 and calls[0].batch_size == p.pretrain_batch_size
+    assert calls[0].guided_attention_weight == p.guided_attention_weight > 0
     assert embedded.base_model(p, progress=False) == first and len(calls) == 1  # reused
 
     longer = dataclasses.replace(p, pretrain_steps=p.pretrain_steps + 10)
     second = embedded.base_model(longer, progress=False)
     assert len(calls) == 2 and second != first and not first.exists()  # retrained, old run gone
 
+    unguided = dataclasses.replace(longer, guided_attention_weight=0.0)
+    embedded.base_model(unguided, progress=False)
+    assert len(calls) == 3 and calls[-1].guided_attention_weight == 0.0
+    embedded.base_model(longer, progress=False)
+    assert len(calls) == 4
+
     data_key["value"] = "data-v2"  # e.g. another tokenizer or codec: the manifests' key changes
     embedded.base_model(longer, progress=False)
-    assert len(calls) == 3
+    assert len(calls) == 5
 
     # an interrupted run of the same settings resumes instead of starting over
     run_dir = Path(calls[-1].output_dir)
     (run_dir / "done.json").unlink()
     embedded.base_model(longer, progress=False)
-    assert len(calls) == 4 and calls[-1].resume == "auto"
+    assert len(calls) == 6 and calls[-1].resume == "auto"
 
 
 def test_base_model_replaces_a_run_without_key(fake_training):

@@ -17,6 +17,7 @@ from amhelpers.model import (
     MiniVoice,
     MiniVoiceConfig,
     count_parameters,
+    guided_attention_loss,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -141,6 +142,65 @@ def test_loss_decreases_when_overfitting_a_tiny_batch():
         optimizer.step()
     assert out["mel_loss"].item() < 0.2 * first[1]
     assert out["text_loss"].item() < 0.5 * first[0]
+
+
+# ---------------------------------------------------------------- guided attention
+def _packed_attention(text_len: int, mel_len: int, pick) -> torch.Tensor:
+    """(1, L, L) attention where mel query n puts all its weight on text position pick(n)."""
+    length = text_len + mel_len
+    probs = torch.zeros(1, length, length)
+    for n in range(mel_len):
+        probs[0, text_len + n, pick(n)] = 1.0
+    return probs
+
+
+def test_guided_attention_loss_is_low_on_the_diagonal_and_high_off_it():
+    text_len, mel_len = torch.tensor([10]), torch.tensor([20])
+    diagonal = _packed_attention(10, 20, lambda n: int((n + 0.5) / 20 * 10))
+    stuck = _packed_attention(10, 20, lambda n: 0)
+    backwards = _packed_attention(10, 20, lambda n: 9 - int((n + 0.5) / 20 * 10))
+    low = float(guided_attention_loss(diagonal, text_len, mel_len, 0.2))
+    assert low < 0.02
+    assert float(guided_attention_loss(stuck, text_len, mel_len, 0.2)) > 0.5
+    assert float(guided_attention_loss(backwards, text_len, mel_len, 0.2)) > 0.5
+    # A wider band forgives more; weight on mel keys is renormalised away (text part only).
+    assert float(guided_attention_loss(stuck, text_len, mel_len, 0.5)) < float(
+        guided_attention_loss(stuck, text_len, mel_len, 0.2))
+    half = diagonal.clone()
+    half[0, 10:, 10:] = torch.eye(20)  # equal weight on a mel key
+    assert float(guided_attention_loss(half, text_len, mel_len, 0.2)) == pytest.approx(low)
+
+
+def test_guide_loss_leaves_the_other_losses_alone_and_trains_the_probed_heads():
+    model = tiny_model(layers=3)
+    plain = model(**batch(ROWS))
+    guided = model(**batch(ROWS), guide_sigma=0.2)
+    assert torch.equal(plain["mel_loss"], guided["mel_loss"])
+    assert 0.0 < guided["guide_loss"].item() < 1.0
+    guided["guide_loss"].backward()
+    assert model.gpt[1].attn.c_attn.weight.grad.abs().sum() > 0
+    assert model.mel_head.weight.grad is None  # the loss reads attention, not the heads
+    # Padding a row must not change it: the loss of a batch is the mean over its mel queries.
+    alone = [model(**batch([row]), guide_sigma=0.2) for row in ROWS]
+    counts = torch.tensor([len(c) + 1.0 for _, c in ROWS])
+    expected = sum(a["guide_loss"].item() * n for a, n in zip(alone, counts)) / counts.sum()
+    assert guided["guide_loss"].item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_text_attention_maps_are_what_the_guide_loss_reads():
+    model = tiny_model(layers=3)
+    text, codes = ROWS[0]
+    maps = model.text_attention(text, codes)
+    assert maps.shape == (2, len(codes) + 1, len(text) + 2)
+    assert torch.allclose(maps.sum(-1), torch.ones(2, len(codes) + 1))
+    n = (torch.arange(len(codes) + 1) + 0.5) / (len(codes) + 1)
+    t = (torch.arange(len(text) + 2) + 0.5) / (len(text) + 2)
+    penalty = 1 - torch.exp(-(n[:, None] - t[None]) ** 2 / (2 * 0.2 ** 2))
+    expected = (maps * penalty).sum(-1).mean()
+    loss = model(**batch([ROWS[0]]), guide_sigma=0.2)["guide_loss"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="codes must be in"):
+        model.text_attention(text, [K])
 
 
 def test_bad_ids_and_lengths_raise_clear_errors():
