@@ -349,6 +349,9 @@ class MiniVoice(nn.Module):
             query (start_mel, then every code) and each text position (start, text, stop), the
             attention renormalised over the text block.
         """
+        if self.config.layers < 2:
+            raise ValueError("text_attention probes the layers after the first; this model has "
+                             f"layers={self.config.layers}")
         code_ids = torch.as_tensor(codes, dtype=torch.long).reshape(-1)
         if len(code_ids) and not 0 <= int(code_ids.min()) <= int(code_ids.max()) \
                 < self.config.codebook_size:

@@ -499,13 +499,13 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
         if val_rows and step == 0:
             last_val = validate()
         batches = _endless(sampler)
+        guided = cfg.guided_attention_weight > 0
         while step < cfg.max_steps:
             if cfg.max_minutes is not None and time.monotonic() - started >= 60 * cfg.max_minutes:
                 stopped = "max_minutes"
                 break
             tick = time.perf_counter()
             batch = collate([train_rows[i] for i in next(batches)])
-            guided = cfg.guided_attention_weight > 0
             out = model(**_model_inputs(batch),
                         guide_sigma=cfg.guided_attention_sigma if guided else None)
             loss = cfg.text_loss_weight * out["text_loss"] + cfg.mel_loss_weight * out["mel_loss"]

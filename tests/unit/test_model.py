@@ -201,6 +201,8 @@ def test_text_attention_maps_are_what_the_guide_loss_reads():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="codes must be in"):
         model.text_attention(text, [K])
+    with pytest.raises(ValueError, match="layers=1"):
+        tiny_model(layers=1).text_attention(text, codes)
 
 
 def test_bad_ids_and_lengths_raise_clear_errors():
