@@ -42,7 +42,7 @@ class Profile:
     codebook_vectors: int = 100_000
     base_vocab: int = 500
     add_vocab: int = 1000
-    pretrain_steps: int = 2000   # 16.5 minutes on a 2-core CPU (README, "Measured so far")
+    pretrain_steps: int = 2000   # 15.5 minutes on a 2-core CPU (README, "Measured so far")
     pretrain_batch_size: int = 16  # at equal compute, 2,000 x 16 beats 1,000 x 32 (README)
     warmup_steps: int = 200
     learning_rate: float = 1e-3

@@ -48,10 +48,28 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def bench_train(model: MiniVoice, seconds: float) -> dict:
+def synthetic_batches(batch_size: int) -> list[dict]:
+    """One epoch of length-bucketed, collated batches of :func:`synthetic_rows`."""
     rows = synthetic_rows(3200)
-    sampler = LengthBucketBatches([len(r["text_ids"]) + len(r["codes"]) for r in rows], 32, seed=0)
-    batches = [collate([rows[i] for i in b]) for b in sampler.epoch_batches(0)]
+    sampler = LengthBucketBatches([len(r["text_ids"]) + len(r["codes"]) for r in rows],
+                                  batch_size, seed=0)
+    return [collate([rows[i] for i in b]) for b in sampler.epoch_batches(0)]
+
+
+def train_step(model: MiniVoice, optimizer: torch.optim.Optimizer, batch: dict,
+               guide_sigma: float | None = None) -> None:
+    """One optimizer step as the trainer takes it (loss weights 0.1/1, guide weight 1, clip 1)."""
+    out = model(batch["text_ids"], batch["text_lengths"], batch["codes"], batch["code_lengths"],
+                guide_sigma=guide_sigma)
+    loss = 0.1 * out["text_loss"] + out["mel_loss"] + out.get("guide_loss", 0.0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+def bench_train(model: MiniVoice, seconds: float) -> dict:
+    batches = synthetic_batches(32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     model.train()
     tokens = steps = 0
@@ -59,12 +77,7 @@ def bench_train(model: MiniVoice, seconds: float) -> dict:
     while elapsed < seconds or steps < 3:
         batch = batches[steps % len(batches)]
         tick = time.perf_counter()
-        out = model(batch["text_ids"], batch["text_lengths"], batch["codes"], batch["code_lengths"])
-        loss = 0.1 * out["text_loss"] + out["mel_loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        train_step(model, optimizer, batch)
         if steps >= 2:  # the first steps warm up allocators and kernels
             elapsed += time.perf_counter() - tick
             tokens += int((batch["text_lengths"] + batch["code_lengths"] + 3).sum())
@@ -77,9 +90,7 @@ def bench_train(model: MiniVoice, seconds: float) -> dict:
 
 
 def bench_guided(seconds: float) -> dict:
-    rows = synthetic_rows(3200)
-    sampler = LengthBucketBatches([len(r["text_ids"]) + len(r["codes"]) for r in rows], 16, seed=0)
-    batches = [collate([rows[i] for i in b]) for b in sampler.epoch_batches(0)]
+    batches = synthetic_batches(16)
     config = MiniVoiceConfig(number_text_tokens=TEXT_TOKENS, number_mel_codes=CODEBOOK + 2)
     runs = {}
     for name in ("plain", "guided"):
@@ -94,13 +105,7 @@ def bench_guided(seconds: float) -> dict:
         name = ("plain", "guided")[steps % 2]
         model, optimizer = runs[name]
         tick = time.perf_counter()
-        out = model(batch["text_ids"], batch["text_lengths"], batch["codes"],
-                    batch["code_lengths"], guide_sigma=0.2 if name == "guided" else None)
-        loss = 0.1 * out["text_loss"] + out["mel_loss"] + out.get("guide_loss", 0.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        train_step(model, optimizer, batch, 0.2 if name == "guided" else None)
         if steps >= 4:  # warm-up
             spent[name] += time.perf_counter() - tick
             timed[name] += 1
