@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from .io import describe_os_error
+
 GROUPS: dict[str, tuple[str, str]] = {
     "corpus": ("amhelpers.corpus", "fetch or check HornMT, print splits and phrases"),
     "tokenizer": ("amhelpers.tokenizer", "extend and verify a SentencePiece tokenizer"),
@@ -43,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     args = group_parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except OSError as err:  # raised by the OS (has a filename) or by us with a message
+        print(f"error: {describe_os_error(err) if err.filename is not None else err}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -38,6 +38,15 @@ Init strategies for added rows (FACTS.md, "Initialising new rows"):
 Statistics (mean, covariance) use only *trained* base rows: rows flagged by the Magikarp-style
 test of :func:`amhelpers.diagnose.magikarp` (control rows, unused pieces) are left out, or the
 rows given in ``exclude_rows``. The "+1" row is never part of them.
+
+Safety: ``extend`` refuses an ``--out`` that is one of its inputs, a folder, under a file or in
+an unwritable folder, and replaces an existing ``--out`` (or its ``<out>.extension.json``
+record) only with ``--overwrite``; loading names what a refused pickle holds and what
+``--trust-pickle`` would do; NaN/inf rows are named by table and row.
+
+Size: about 750 lines, over the usual 500, because loading, saving and growing share the
+layout handling and the record format; splitting them would spread one file format over
+several modules.
 """
 
 from __future__ import annotations
@@ -46,14 +55,16 @@ import argparse
 import hashlib
 import json
 import math
+import operator
 import pickle
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .io import atomic_write, sha256_file, write_text_atomic
+from .io import atomic_write, check_output_file, sha256_file, write_text_atomic
 
 TEXT_KEYS = ("text_embedding.weight", "text_head.weight", "text_head.bias")
 STRATEGIES = ("indextts", "torch-default", "mean", "hewitt", "romanized")
@@ -68,24 +79,87 @@ TRAINING_STATE_KEYS = ("train_state", "optimizer", "scheduler", "lr_scheduler", 
 
 
 # ----------------------------------------------------------------------------- loading
+TRUST_PICKLE_HELP = (
+    "--trust-pickle (trust_pickle=True) loads with torch.load(weights_only=False), which runs "
+    "whatever code the file's pickle names: use it only for a checkpoint you made or got from a "
+    "source you trust, never for a download you cannot check")
+
+
+# Globals no checkpoint needs: a pickle naming one runs code (torch blocks os/posix/nt/sys).
+# Protocol 2 (torch.save's) writes Python 2 names: subprocess -> commands, builtins -> __builtin__.
+CODE_MODULES = ("os", "posix", "nt", "sys", "subprocess", "commands", "shutil", "socket",
+                "importlib", "runpy", "pty", "ctypes", "code", "pickle", "marshal", "webbrowser",
+                "multiprocessing")
+CODE_BUILTINS = ("eval", "exec", "compile", "__import__", "open", "getattr", "setattr", "globals",
+                 "input", "breakpoint", "delattr", "vars")
+
+
+def _pickle_global(text: str) -> tuple[str | None, bool]:
+    """The Python global a weights-only load refused, and whether it is code, never weights."""
+    blocked = re.search(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked", text)
+    if blocked:
+        return blocked.group(1), True
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if not found:
+        return None, False
+    name = found.group(1)
+    module, _, attr = name.rpartition(".")
+    code = module.split(".")[0] in CODE_MODULES or (
+        module in ("", "builtins", "__builtin__") and attr in CODE_BUILTINS)  # torch shows builtins bare
+    return name, code
+
+
+def _looks_like_text(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(256)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:
+            return False
+        text = head[:err.start].decode("utf-8")   # a character cut at the 256th byte
+    return bool(text) and all(c.isprintable() or c in "\r\n\t" for c in text)
+
+
+def _not_torch(path: Path, detail: str) -> ValueError:
+    kind = ": it looks like a text file" if _looks_like_text(path) else ""
+    return ValueError(
+        f"checkpoint {path} is corrupted or not a torch file{kind} ({detail[:200]}); give a file "
+        "written by torch.save (a copy cut short or a text file gives this error). --trust-pickle "
+        "cannot repair a file: it only lets a complete torch file holding Python objects load, by "
+        "running its code (use it only for files you trust)")
+
+
 def _torch_load(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # permission, I/O: the CLI prints it with the path
     except pickle.UnpicklingError as err:
         text = str(err)
-        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
-        detail = detail[0].strip() if detail else text[:200]
-        if "Unsupported global" in text:
-            if trust_pickle:
-                return torch.load(path, map_location="cpu", weights_only=False)
+        name, blocked = _pickle_global(text)
+        if blocked:
             raise ValueError(
-                f"checkpoint {path} holds Python objects besides tensors (safe loading refused "
-                f"them: {detail[:200]}); if you trust the file, pass trust_pickle=True "
-                "(CLI: --trust-pickle)") from None
-        raise ValueError(f"checkpoint {path} is corrupted or not a torch file ({detail[:200]})") from None
+                f"checkpoint {path} asks to call {name} when loaded: that is code, not weights (a "
+                "malicious or broken file), so it is refused, also with --trust-pickle; delete it, "
+                "or re-save the weights from a trusted copy with torch.save(model.state_dict())"
+            ) from None
+        if name is None:
+            detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
+            detail = next((line.strip() for line in detail if line.strip()
+                           and "Weights only load failed" not in line), text[:200])
+            raise _not_torch(path, detail) from None
+        if not trust_pickle:
+            raise ValueError(
+                f"checkpoint {path} holds Python objects besides tensors ({name}), which safe "
+                "loading (torch.load weights_only=True) refuses. If you trust the file, pass "
+                f"trust_pickle=True (CLI: --trust-pickle); {TRUST_PICKLE_HELP}") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err2:  # noqa: BLE001 -- any error of the full unpickler
+            raise _not_torch(path, f"{type(err2).__name__}: {err2}") from None
     except Exception as err:  # noqa: BLE001 -- torch raises many types on damaged files
-        raise ValueError(f"checkpoint {path} is corrupted or not a torch file "
-                         f"({type(err).__name__}: {str(err)[:200]})") from None
+        raise _not_torch(path, f"{type(err).__name__}: {err}") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -145,6 +219,36 @@ def check_text_tables(state_dict: Mapping[str, Any], where: str = "state dict") 
     return int(emb.shape[0]), int(emb.shape[1])
 
 
+def non_finite_rows(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, list[int]]]:
+    """Rows of each text table holding NaN (``"nan"``) or only +-inf (``"inf"``); empty when none."""
+    out = {}
+    for key in TEXT_KEYS:
+        t = state_dict[key].detach()
+        if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+            continue
+        nan = torch.isnan(t).reshape(len(t), -1).any(1)
+        inf = torch.isinf(t).reshape(len(t), -1).any(1) & ~nan
+        out[key] = {"nan": torch.nonzero(nan).flatten().tolist(),
+                    "inf": torch.nonzero(inf).flatten().tolist()}
+    return out
+
+
+def check_finite_tables(state_dict: Mapping[str, torch.Tensor], where: str = "state dict") -> None:
+    """Raise a ValueError naming the tables and rows that hold NaN or inf (see :func:`non_finite_rows`)."""
+    bad = non_finite_rows(state_dict)
+    if not bad:
+        return
+    parts = []
+    for key, kinds in bad.items():
+        for kind, ids in kinds.items():
+            if ids:
+                shown = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
+                parts.append(f"{key}: {len(ids)} row{'s' * (len(ids) != 1)} with {kind} ({shown})")
+    raise ValueError(f"{where} holds non-finite values: {'; '.join(parts)}; training diverged or "
+                     "the file is damaged: use an earlier checkpoint (and lower the learning rate "
+                     "or clip gradients)")
+
+
 def load_state_dict(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a MiniVoice checkpoint or an IndexTTS2 ``gpt.pth``.
 
@@ -167,6 +271,9 @@ def load_state_dict(path: str | Path, trust_pickle: bool = False) -> tuple[dict[
         ValueError: not a torch file, or no text tables.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder; give the checkpoint file in it (a "
+                         "MiniVoice .pt such as a run folder's ckpt_00001000.pt, or IndexTTS2 gpt.pth)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (give a MiniVoice .pt or "
                                 "IndexTTS2 gpt.pth)")
@@ -339,6 +446,12 @@ def grow_text_tables(state_dict: Mapping[str, torch.Tensor], base_vocab: int, ne
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"--init {strategy!r} is not a strategy; choose from {', '.join(STRATEGIES)}")
+    try:
+        ok = not isinstance(seed, bool) and abs(operator.index(seed)) < 2 ** 53
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"--seed {seed!r} must be an integer between -2**53 and 2**53")
     base_vocab, new_vocab = int(base_vocab), int(new_vocab)
     base_name = f"base tokenizer {base_tokenizer}" if base_tokenizer else f"base_vocab={base_vocab}"
     if base_tokenizer is not None:
@@ -353,6 +466,7 @@ def grow_text_tables(state_dict: Mapping[str, torch.Tensor], base_vocab: int, ne
         raise ValueError(f"the extended vocabulary ({new_vocab}) must be larger than the base "
                          f"({base_vocab}); nothing to grow")
     rows, dim = check_text_tables(state_dict)
+    check_finite_tables(state_dict, "the text tables to grow")
     if rows != base_vocab + 1:
         hint = (" (the checkpoint already has the extended size)" if rows == new_vocab + 1 else
                 " (is this the checkpoint trained with that tokenizer?)")
@@ -492,46 +606,93 @@ def initial_state_from_record(state_dict: Mapping[str, torch.Tensor], record: Ma
     return init, exact
 
 
+def _is_record_name(path: Path) -> bool:
+    return path.name.endswith(RECORD_SUFFIX)
+
+
 def write_extension_record(path: str | Path, record: Mapping[str, Any]) -> Path:
     """Write an extension record as JSON, atomically.
 
-    ``path`` is either the record file itself (``*.json``) or the checkpoint it belongs to, in
-    which case the record goes to ``<checkpoint>.extension.json``.
+    ``path`` is the record file itself when its name ends in ``.extension.json``; any other path
+    is the checkpoint the record belongs to, and the record goes to ``<path>.extension.json``
+    (so a checkpoint named ``grown.json`` is never written over).
     """
     path = Path(path)
-    if path.suffix != ".json":
+    if not _is_record_name(path):
         path = record_path(path)
     write_text_atomic(path, json.dumps(dict(record), indent=2, ensure_ascii=False) + "\n")
     return path
 
 
-def read_extension_record(path: str | Path) -> dict[str, Any]:
-    """Read an extension record (the ``.json`` itself, or the checkpoint it sits beside)."""
+def read_extension_record(path: str | Path, as_is: bool = False) -> dict[str, Any]:
+    """Read an extension record: the record itself, or the checkpoint it sits beside.
+
+    A name ending in ``.extension.json`` is the record; otherwise ``<path>.extension.json`` is
+    read when it exists, else ``path`` itself when it is a ``.json`` file (a renamed record).
+    ``as_is``: ``path`` is the record whatever its name.
+
+    Raises:
+        FileNotFoundError: no record there.
+        ValueError: not JSON, or ``base_vocab`` / ``new_vocab`` missing or not integers with
+            ``0 < base_vocab < new_vocab``.
+    """
     path = Path(path)
-    if path.suffix != ".json":
+    if not as_is and not _is_record_name(path) and (record_path(path).is_file()
+                                                     or path.suffix != ".json"):
         path = record_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"extension record {path} does not exist")
+        raise FileNotFoundError(f"extension record {path} does not exist (checkpoint extend writes "
+                                f"it beside the grown checkpoint as <checkpoint>{RECORD_SUFFIX})")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"extension record {path} is not valid JSON ({err})") from None
+        raise ValueError(f"extension record {path} is not valid JSON ({err}); give the "
+                         f"{RECORD_SUFFIX} file that checkpoint extend wrote") from None
     if not isinstance(record, dict) or "base_vocab" not in record or "new_vocab" not in record:
-        raise ValueError(f"extension record {path} lacks base_vocab/new_vocab")
+        raise ValueError(f"extension record {path} lacks base_vocab/new_vocab (is it the "
+                         f"{RECORD_SUFFIX} file that checkpoint extend wrote?)")
+    base, new = record["base_vocab"], record["new_vocab"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (base, new)) \
+            or not 0 < base < new:
+        raise ValueError(f"extension record {path}: base_vocab {base!r} and new_vocab {new!r} must "
+                         "be integers with 0 < base_vocab < new_vocab")
     return record
+
+
+def check_extend_outputs(checkpoint: str | Path, base_tokenizer: str | Path,
+                         tokenizer: str | Path, out: str | Path, overwrite: bool = False
+                         ) -> tuple[Path, Path]:
+    """Check ``--out`` and its record before any work; return ``(out, record path)``.
+
+    Raises:
+        ValueError: ``out`` (or its record ``<out>.extension.json``) is an input, a directory,
+            under a file, or already exists without ``overwrite``.
+        PermissionError: the folder cannot be written.
+    """
+    inputs = {"--checkpoint": checkpoint, "--base-tokenizer": base_tokenizer, "--tokenizer": tokenizer}
+    out = check_output_file(out, "--out", inputs)
+    record = check_output_file(record_path(out), "--out's extension record", inputs)
+    for path, what in ((out, "--out"), (record, "the extension record")):
+        if path.exists() and not overwrite:
+            raise ValueError(f"{what} {path} already exists; pass --overwrite (overwrite=True) to "
+                             "replace it, or choose another --out")
+    return out, record
 
 
 def extend_checkpoint(checkpoint: str | Path, base_tokenizer: str | Path, tokenizer: str | Path,
                       out: str | Path, init: str = "mean", seed: int = 0,
-                      trust_pickle: bool = False) -> dict[str, Any]:
+                      trust_pickle: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Grow a checkpoint's text tables for an extended tokenizer; write it and its record.
 
     The output keeps the input's layout. The record goes to ``<out>.extension.json`` and, for a
-    MiniVoice checkpoint, also into the checkpoint's ``meta["extension"]``.
+    MiniVoice checkpoint, also into the checkpoint's ``meta["extension"]``. ``out`` may not be
+    an input, and an existing ``out`` or record is replaced only with ``overwrite``
+    (:func:`check_extend_outputs`).
 
     Returns:
         The extension record (with ``checkpoint``, ``base_checkpoint`` and their sha256).
     """
+    out, record_file = check_extend_outputs(checkpoint, base_tokenizer, tokenizer, out, overwrite)
     base_pieces = _pieces(base_tokenizer, "--base-tokenizer")
     ext_pieces = _pieces(tokenizer, "--tokenizer")
     if len(ext_pieces) <= len(base_pieces):
@@ -542,6 +703,7 @@ def extend_checkpoint(checkpoint: str | Path, base_tokenizer: str | Path, tokeni
             raise ValueError(f"--tokenizer {tokenizer} is not an extension of --base-tokenizer "
                              f"{base_tokenizer}: piece {i} is {b.piece!r}, the base has {a.piece!r}")
     sd, meta = load_state_dict(checkpoint, trust_pickle)
+    check_finite_tables(sd, f"checkpoint {checkpoint}")
     new_sd, record = grow_text_tables(sd, len(base_pieces), len(ext_pieces), init, seed,
                                       tokenizer, base_tokenizer)
     record = {"checkpoint": str(out), "base_checkpoint": str(checkpoint),
@@ -557,7 +719,7 @@ def extend_checkpoint(checkpoint: str | Path, base_tokenizer: str | Path, tokeni
                             "tokenizer": str(tokenizer), "tokenizer_sha256": record["tokenizer_sha256"]}
     save_state_dict(out, new_sd, out_meta)
     record["checkpoint_sha256"] = sha256_file(out)
-    write_extension_record(out, record)
+    write_extension_record(record_file, record)
     return record
 
 
@@ -570,21 +732,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ext.add_argument("--base-tokenizer", required=True, help="the tokenizer the checkpoint was trained with")
     ext.add_argument("--tokenizer", required=True, help="the extended tokenizer (base pieces first)")
     ext.add_argument("--init", choices=STRATEGIES, default="mean", help="init of the added rows")
-    ext.add_argument("--out", required=True, help="grown checkpoint to write (same layout)")
+    ext.add_argument("--out", required=True,
+                     help=f"grown checkpoint to write (same layout); its record goes to <out>{RECORD_SUFFIX}")
+    ext.add_argument("--overwrite", action="store_true",
+                     help="replace an existing --out (and its record); never an input file")
     ext.add_argument("--seed", type=int, default=0)
     ext.add_argument("--trust-pickle", action="store_true",
-                     help="allow unsafe unpickling of a checkpoint holding Python objects")
+                     help="allow unsafe unpickling of a trusted checkpoint holding Python objects "
+                          "(runs the file's code: never for files from an untrusted source)")
     ext.add_argument("--json", action="store_true", help="print the extension record as JSON")
     info = sub.add_parser("info", help="print layout and text table shapes")
     info.add_argument("--checkpoint", required=True)
-    info.add_argument("--trust-pickle", action="store_true")
+    info.add_argument("--trust-pickle", action="store_true",
+                      help="allow unsafe unpickling of a trusted checkpoint (runs the file's code)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the checkpoint CLI."""
     if args.command == "extend":
         record = extend_checkpoint(args.checkpoint, args.base_tokenizer, args.tokenizer, args.out,
-                                   args.init, args.seed, args.trust_pickle)
+                                   args.init, args.seed, args.trust_pickle, args.overwrite)
         if args.json:
             print(json.dumps(record, ensure_ascii=False))
         else:
@@ -597,5 +764,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"path": meta["path"], "layout": meta["layout"], "nested": meta["nested"],
                       "prefix": meta["prefix"], "dropped_keys": len(meta["dropped_keys"]),
                       "rows": meta["rows"], "dim": meta["dim"], "keys": len(sd),
-                      "left_out": meta["left_out"]}))
+                      "left_out": meta["left_out"], "non_finite_rows": {
+                          k: {kind: len(ids) for kind, ids in v.items()}
+                          for k, v in non_finite_rows(sd).items()}}))
     return 0

@@ -1,54 +1,114 @@
-"""Run the course notebooks in order with papermill: ``python -m amhelpers course``."""
+"""Run the course notebooks in order with papermill: ``python -m amhelpers course``.
+
+Everything is checked before anything is written: the profile, the ``--only`` prefixes, and the
+``--out`` folder (writable, not the notebooks folder, not holding another run unless
+``--overwrite``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
 
-from .io import write_text_atomic
+from . import settings
+from .io import check_output_dir, same_file, write_text_atomic
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+REPORTS = ("report.json", "report.md")
 
 
 def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
     """Return the course notebooks (``NN_topic.ipynb``) in order."""
-    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    found = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if not found:
-        raise FileNotFoundError(f"no course notebooks (NN_topic.ipynb) in {folder}")
+        raise FileNotFoundError(f"no course notebooks (NN_topic.ipynb) in {folder}; "
+                                "give the course's notebooks/ folder")
     return found
 
 
-def run_course(profile: str, out: Path, only: list[str] | None = None) -> dict:
-    """Execute every notebook with papermill into ``out``; write ``out/report.json`` and ``.md``.
+def select(folder: Path, only: list[str] | None) -> list[Path]:
+    """The notebooks of ``folder`` whose names start with one of ``only`` (all when None).
+
+    Raises:
+        ValueError: a prefix matches no notebook (the message lists the notebooks).
+    """
+    found = notebooks(folder)
+    if not only:
+        return found
+    unmatched = [prefix for prefix in only if not any(nb.name.startswith(prefix) for nb in found)]
+    if unmatched:
+        raise ValueError(f"--only {' '.join(unmatched)} matches no notebook in {folder}; "
+                         f"the notebooks are: {', '.join(nb.name for nb in found)}")
+    return [nb for nb in found if any(nb.name.startswith(prefix) for prefix in only)]
+
+
+def previous_run(out: Path, selected: list[Path]) -> list[Path]:
+    """Files in ``out`` that a run of ``selected`` would replace, and the notebooks a previous
+    run there wrote (listed in its ``report.json``)."""
+    names = set(REPORTS) | {nb.name for nb in selected}
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+        old = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        names |= {Path(e["notebook"]).name for e in old["notebooks"]
+                  if Path(e["notebook"]).match("[0-9][0-9]_*.ipynb")}
+    return sorted(p for p in (out / name for name in names) if p.is_file())
+
+
+def run_course(profile: str | None, out: Path, only: list[str] | None = None,
+               folder: Path | None = None, overwrite: bool = False) -> dict:
+    """Execute the notebooks with papermill into ``out``; write ``out/report.json`` and ``.md``.
 
     Args:
-        profile: ``quick`` (smoke run) or ``full``.
+        profile: ``quick`` (smoke run) or ``full``; None: ``$AMHELPERS_PROFILE``, else full.
         out: folder for executed notebooks and the report.
         only: notebook name prefixes to run (e.g. ``["01"]``); all when None.
+        folder: the notebooks folder (default: this checkout's ``notebooks/``).
+        overwrite: replace a previous run in ``out`` (its report and executed notebooks are
+            deleted first); without it such a folder is refused.
 
     Returns:
         The report: per notebook, status and seconds.
-    """
-    import papermill
 
-    if profile not in ("quick", "full"):
+    Raises:
+        ValueError: bad profile, an ``--only`` prefix matching nothing, ``out`` a file, under a
+            file, the notebooks folder, or holding another run without ``overwrite``.
+        PermissionError: ``out`` cannot be written.
+    """
+    profile = settings.profile() if profile is None else profile
+    if profile not in settings.PROFILES:
         raise ValueError(f"--profile must be quick or full, got {profile!r}")
+    folder = Path(folder) if folder is not None else NOTEBOOKS
+    selected = select(folder, only)
+    out = check_output_dir(out, "--out")
+    if same_file(out, folder) or out.resolve() == folder.resolve():
+        raise ValueError(f"--out {out} is the notebooks folder; the executed notebooks would "
+                         "replace the course's own: choose another --out (e.g. course_run)")
+    old = previous_run(out, selected) if out.is_dir() else []
+    if old and not overwrite:
+        raise ValueError(f"--out {out} holds another course run ({', '.join(p.name for p in old)}); "
+                         "pass --overwrite to replace it, or choose another --out")
+    try:
+        import papermill
+    except ImportError:
+        raise RuntimeError("papermill is not installed: run `python -m amhelpers.setup` "
+                           "(it installs the dev extra)") from None
+
     os.environ["AMHELPERS_PROFILE"] = profile
     out.mkdir(parents=True, exist_ok=True)
+    for path in old:  # --overwrite: the previous run goes as a whole, so no stale notebook stays
+        path.unlink()
     report: dict = {"profile": profile, "notebooks": []}
-    for nb in notebooks():
-        if only and not any(nb.name.startswith(prefix) for prefix in only):
-            continue
+    for nb in selected:
         start = time.perf_counter()
         status, error = "ok", None
         try:
             papermill.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3",
                                        cwd=str(nb.parent), progress_bar=False)
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
-            status, error = "failed", str(err).strip().splitlines()[-1]
+            status, error = "failed", (str(err).strip().splitlines() or [type(err).__name__])[-1]
         entry = {"notebook": nb.name, "status": status, "seconds": round(time.perf_counter() - start, 1)}
         if error:
             entry["error"] = error
@@ -65,14 +125,30 @@ def run_course(profile: str, out: Path, only: list[str] | None = None) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """CLI: ``python -m amhelpers course --profile quick|full --out DIR``."""
-    parser.add_argument("--profile", choices=["quick", "full"], default="full")
-    parser.add_argument("--out", default="course_run", help="folder for executed notebooks and report")
-    parser.add_argument("--only", nargs="*", default=None, help="notebook prefixes, e.g. 01 02")
+    """CLI: ``python -m amhelpers course [--profile quick|full] [--out DIR] [--only NN ...]``."""
+    parser.add_argument("--profile", choices=settings.PROFILES, default=None,
+                        help="quick (smoke run, CI) or full (the course as taught); "
+                             "default: $AMHELPERS_PROFILE, else full")
+    parser.add_argument("--out", default="course_run",
+                        help="folder for the executed notebooks and report.md (default: course_run)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NN",
+                        help="run only the notebooks whose names start with these prefixes, "
+                             "e.g. 01 02; a prefix matching no notebook is an error")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace another course run in --out (its report and executed "
+                             "notebooks are deleted first)")
+    parser.add_argument("--notebooks", default=None, metavar="DIR",
+                        help="the course's notebooks folder (default: notebooks/ of this checkout)")
+    parser.epilog = ("--out holding another course run (a report.json/report.md, or a notebook "
+                     "this run would write) is refused unless --overwrite; --out is never the "
+                     "notebooks folder. Nothing is written before these checks pass.")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the course; exit status 0 when every notebook ran."""
-    report = run_course(args.profile, Path(args.out), args.only)
+    profile = args.profile or settings.profile()  # an explicit flag wins over the variable
+    report = run_course(profile, Path(args.out), args.only,
+                        folder=Path(args.notebooks) if args.notebooks else None,
+                        overwrite=args.overwrite)
     print(f"course {'ok' if report['ok'] else 'FAILED'}: report in {Path(args.out) / 'report.md'}")
     return 0 if report["ok"] else 1

@@ -36,6 +36,19 @@ and MAD (x 1.4826). A row is flagged as under-trained when any of these holds:
 
 A fixed percentile (Magikarp's 2%) would flag 2% of any table and miss most of 12,000
 untrained rows; scores against the trained rows flag all of them and few base rows.
+
+**Drift** (:func:`drift`) is measured so that weight decay cannot fake it: decay only shrinks
+a row along itself, so a row counts as moved by its change beyond the best decay-only
+prediction ``alpha * w0`` (``beyond_decay``); biases use an absolute scale (the RMS of the
+base biases), not their near-zero init.
+
+Inputs are checked before any work: ``--plot`` (not an input, a folder, under a file,
+unwritable, or a non-PNG file), ``--evidence`` (known keys, each of its type, no NaN),
+``--window`` / ``--threshold``, ``--base-rows``; malformed ``--log`` lines are counted and
+reported; NaN/inf rows are named.
+
+Size: about 1,200 lines, over the usual 500: the statistics, log reading, checklist, plots and
+CLI of one diagnosis report live together so the report's JSON contract is in one place.
 """
 
 from __future__ import annotations
@@ -44,6 +57,9 @@ import argparse
 import io
 import json
 import math
+import numbers
+import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +70,7 @@ import torch
 from .checkpoint import (
     TEXT_KEYS,
     base_rows_sha256,
+    check_finite_tables,
     check_text_tables,
     expected_init_norm,
     initial_state_from_record,
@@ -61,7 +78,7 @@ from .checkpoint import (
     read_extension_record,
     record_path,
 )
-from .io import write_bytes_atomic
+from .io import check_output_file, read_text_strict, same_file, write_bytes_atomic
 
 Z_THRESHOLD = 3.5
 MAX_BASE_SHARE_NEAR_INIT = 0.01
@@ -185,8 +202,12 @@ def magikarp(state_dict: Mapping[str, torch.Tensor], base_rows: int | None,
     Returns:
         ``flagged_rows`` (sorted ids), ``by_indicator`` (counts), ``disabled`` (tests switched
         off, with why), ``reference_rows``, ``unused_rows``, ``rule``, ``z_threshold``.
+
+    Raises:
+        ValueError: fewer than 2 reference rows, or NaN/inf rows (named by table and row).
     """
     rows, dim = check_text_tables(state_dict)
+    check_finite_tables(state_dict, "text tables")
     if unused_rows is None:
         unused_rows = [rows - 1]
     unused = sorted({int(r) for r in unused_rows if 0 <= int(r) < rows})
@@ -286,23 +307,72 @@ def magikarp(state_dict: Mapping[str, torch.Tensor], base_rows: int | None,
     return out
 
 
+def _summary(values: np.ndarray, threshold: float) -> dict[str, Any]:
+    if not len(values):
+        return {"median": None, "mean": None, "max": None, "min": None, "share_below_1pct": None}
+    return {"median": float(np.median(values)), "mean": float(values.mean()),
+            "max": float(values.max()), "min": float(values.min()),
+            "share_below_1pct": float((values < threshold).mean())}
+
+
+def _movement(a: np.ndarray, b: np.ndarray, base: np.ndarray, new: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None, str]:
+    """Per-row total and decay-proof movement of ``a`` from its init ``b``.
+
+    Returns ``(total, beyond_decay, decay_factor_per_row, scale, relative_to)``. Rows (2-D): both
+    relative to the row's initial norm; the decay-only prediction of row i is ``alpha_i * w0_i``
+    with ``alpha_i = <w_i, w0_i> / |w0_i|^2`` clipped to [0, 1]. Biases (1-D): absolute change
+    over ``scale``, the RMS of the init's base values (the table's typical size, not a near-zero
+    init), and one ``alpha`` fitted over the new rows (decay scales every value alike).
+    """
+    if a.ndim == 2:
+        ref = np.maximum(np.linalg.norm(b, axis=1), 1e-12)
+        alpha = np.einsum("ij,ij->i", a, b) / ref ** 2
+        kept = np.clip(alpha, 0.0, 1.0)
+        total = np.linalg.norm(a - b, axis=1) / ref
+        beyond = np.linalg.norm(a - kept[:, None] * b, axis=1) / ref
+        return total, beyond, alpha, None, "each row's initial norm"
+    pool = b[base] if len(base) else b
+    scale = float(np.sqrt(np.mean(pool ** 2))) if len(pool) else 0.0
+    if not scale > 0:
+        scale = 1.0
+    energy = float(np.sum(b[new] ** 2))
+    alpha = float(np.dot(a[new], b[new]) / energy) if len(new) and energy > 0 else 1.0
+    kept = min(max(alpha, 0.0), 1.0)
+    return (np.abs(a - b) / scale, np.abs(a - kept * b) / scale, np.full(len(a), alpha), scale,
+            f"RMS of the init's base values ({scale:.4g}): absolute change, not relative to a "
+            "near-zero init")
+
+
 def drift(state_dict: Mapping[str, torch.Tensor], init_state: Mapping[str, torch.Tensor],
           base_rows: int, moved_threshold: float = MOVED_THRESHOLD) -> dict[str, Any]:
-    """How far each row moved from its init: ``||w - w0|| / ||w0||`` (bias: ``|b - b0| / |b0|``).
+    """How far each row moved from its init, in total and beyond what weight decay explains.
+
+    Total movement: ``||w - w0|| / ||w0||`` for rows of 2-D tables; for ``text_head.bias`` the
+    absolute change ``|b - b0|`` over the RMS of the init's base biases (a near-zero init would
+    make a relative drift explode). Weight decay alone (AdamW's ``w *= 1 - lr * wd``, or SGD's
+    L2 term) only shrinks a row along itself, so after 1,000 steps at lr 1e-3 and wd 0.01 every
+    row has "moved" 1% without any gradient. ``beyond_decay`` measures what decay cannot fake:
+    the distance from the best decay-only prediction ``alpha * w0`` (``alpha`` in [0, 1]; per row
+    for 2-D tables, which leaves the change orthogonal to ``w0``; one ``alpha`` for the bias).
 
     Returns:
-        Per table ``{"new": {"rows", "median", "mean", "max", "min", "share_below_1pct"},
-        "base": {"rows", "median", "max", "changed_rows"}}`` (``changed_rows``: base rows not
-        bit-identical to the snapshot), plus ``moved_threshold``.
+        Per table ``{"relative_to", "scale", "new": {"rows", "median", "mean", "max", "min",
+        "share_below_1pct", "beyond_decay": {same five}, "decay_factor"}, "base": {"rows",
+        "median", "max", "changed_rows"}}`` (``changed_rows``: base rows not bit-identical to
+        the snapshot; ``decay_factor``: median ``<w, w0> / |w0|^2`` of the new rows, about
+        ``(1 - lr wd)^steps`` when only decay acted), plus ``moved_threshold``.
 
     Raises:
-        ValueError: the snapshot's tables have other shapes.
+        ValueError: the snapshot's tables have other shapes or hold NaN/inf.
     """
     rows, _ = check_text_tables(state_dict)
     rows0, _ = check_text_tables(init_state, "init snapshot")
     if rows0 != rows:
         raise ValueError(f"init snapshot has {rows0} text rows but the checkpoint has {rows}; "
                          "pass the snapshot taken right after the extension")
+    check_finite_tables(state_dict, "checkpoint")
+    check_finite_tables(init_state, "init snapshot")
     base, new, _ = split_rows(rows, base_rows)
     tables = {}
     for key in TEXT_KEYS:
@@ -310,22 +380,15 @@ def drift(state_dict: Mapping[str, torch.Tensor], init_state: Mapping[str, torch
         if w.shape != w0.shape:
             raise ValueError(f"init snapshot's {key} has shape {tuple(w0.shape)}, "
                              f"the checkpoint's {tuple(w.shape)}")
-        a, b = _np(w), _np(w0)
-        if a.ndim == 1:
-            diff, ref = np.abs(a - b), np.abs(b)
-        else:
-            diff, ref = np.linalg.norm(a - b, axis=1), np.linalg.norm(b, axis=1)
-        rel = diff / np.maximum(ref, 1e-12)
-        rn, rb = rel[new], rel[base]
+        total, beyond, alpha, scale, relative_to = _movement(_np(w), _np(w0), base, new)
+        rb = total[base]
         idx = torch.as_tensor(base, dtype=torch.long)
         changed = (w[idx] != w0[idx]).reshape(len(base), -1).any(1)
         tables[key] = {
-            "new": {"rows": len(rn),
-                    "median": float(np.median(rn)) if len(rn) else None,
-                    "mean": float(rn.mean()) if len(rn) else None,
-                    "max": float(rn.max()) if len(rn) else None,
-                    "min": float(rn.min()) if len(rn) else None,
-                    "share_below_1pct": float((rn < moved_threshold).mean()) if len(rn) else None},
+            "relative_to": relative_to, "scale": scale,
+            "new": {"rows": len(new), **_summary(total[new], moved_threshold),
+                    "beyond_decay": _summary(beyond[new], moved_threshold),
+                    "decay_factor": float(np.median(alpha[new])) if len(new) else None},
             "base": {"rows": len(rb),
                      "median": float(np.median(rb)) if len(rb) else None,
                      "max": float(rb.max()) if len(rb) else None,
@@ -387,31 +450,45 @@ def gradient_probe(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module], 
 
 
 # ----------------------------------------------------------------------------- logs
-def _read_jsonl(path: Path, key: str, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    steps, values, keys_seen, splits_seen, bad = [], [], set(), set(), 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _read_jsonl(path: Path, key: str, split: str | None
+                ) -> tuple[np.ndarray, np.ndarray, str, list[int]]:
+    """Rows with ``step`` and ``key``, plus the numbers of malformed lines (not JSON, not an
+    object, or a non-number ``step`` / ``key`` in the chosen split)."""
+    steps, values, keys_seen, splits_seen, bad = [], [], set(), set(), []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except ValueError:
-            bad += 1
+            bad.append(number)
             continue
         if not isinstance(row, dict):
+            bad.append(number)
             continue
         keys_seen.update(row)
         if "split" in row:
             splits_seen.add(row["split"])
             if split is not None and row["split"] != split:
                 continue
-        if "step" in row and isinstance(row.get(key), (int, float)):
-            steps.append(float(row["step"]))
-            values.append(float(row[key]))
+        if "step" in row and key in row:
+            if _is_number(row["step"]) and _is_number(row[key]):
+                steps.append(float(row["step"]))
+                values.append(float(row[key]))
+            elif row[key] is not None:
+                bad.append(number)
     if not steps:
         extra = f" and split {split!r} (splits seen: {sorted(map(str, splits_seen))})" if splits_seen else ""
+        broken = f"; {len(bad)} of {len(lines)} lines are malformed (line {bad[0]} first)" if bad else ""
         raise ValueError(f"--log {path} has no rows with 'step' and {key!r}{extra}; keys seen: "
-                         f"{sorted(keys_seen)[:12]} (choose one with --log-key)")
-    return np.asarray(steps), np.asarray(values), f"{path} ({key}{', ' + split if splits_seen else ''})"
+                         f"{sorted(keys_seen)[:12]}{broken} (choose a key with --log-key)")
+    source = f"{path} ({key}{', ' + split if splits_seen else ''})"
+    return np.asarray(steps), np.asarray(values), source, bad
 
 
 def _read_tensorboard(path: Path, key: str, split: str | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -457,17 +534,34 @@ def read_loss_log(path: str | Path, key: str = "loss", split: str | None = "trai
         key: the loss key (JSONL) or scalar tag (TensorBoard; ``split/key`` and ``*/key`` match).
         split: keep JSONL rows of this ``split`` when rows carry one (None: all).
 
+    Malformed JSONL lines are skipped with a warning that counts them (:func:`plateau_from_log`
+    reports them as ``malformed_lines``).
+
     Raises:
         FileNotFoundError: no such path.
         ValueError: no rows with the key, or a TensorBoard log with no (matching) scalars.
     """
+    steps, values, source, bad = _read_log(path, key, split)
+    if bad:
+        warnings.warn(_malformed_message(source, bad), stacklevel=2)
+    return steps, values, source
+
+
+def _malformed_message(source: str, bad: Sequence[int]) -> str:
+    shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    return (f"--log {source}: skipped {len(bad)} malformed line{'s' * (len(bad) != 1)} (line "
+            f"{shown}): not JSON objects, or a non-number step/loss (a write cut short?)")
+
+
+def _read_log(path: str | Path, key: str, split: str | None
+              ) -> tuple[np.ndarray, np.ndarray, str, list[int]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--log {path} does not exist (give metrics.jsonl or a TensorBoard folder)")
     if path.is_dir() and (path / "metrics.jsonl").is_file():
         return _read_jsonl(path / "metrics.jsonl", key, split)
     if path.is_dir() or "tfevents" in path.name:
-        return _read_tensorboard(path, key, split)
+        return (*_read_tensorboard(path, key, split), [])
     return _read_jsonl(path, key, split)
 
 
@@ -494,8 +588,9 @@ def detect_plateau(steps: Sequence[float], values: Sequence[float], window: int 
     v = np.asarray(values, dtype=np.float64)
     order = np.argsort(s, kind="stable")
     s, v = s[order], v[order]
-    ok = np.isfinite(v)
+    ok = np.isfinite(v) & np.isfinite(s)
     s, v = s[ok], v[ok]
+    _check_plateau_args(window, threshold)
     if len(s) < 4:
         raise ValueError(f"the log has {len(s)} usable points; plateau detection needs at least 4")
     if not 0 <= smoothing < 1:
@@ -514,15 +609,21 @@ def detect_plateau(steps: Sequence[float], values: Sequence[float], window: int 
     return {"window": int(w), "window_steps": span, "threshold": threshold, "smoothing": smoothing,
             "slope": slope, "relative_change": float(rel), "level": level,
             "first": float(smooth[0]), "last": float(smooth[-1]), "points": len(v),
-            "plateau": bool(rel > -threshold)}
+            "non_finite_dropped": int((~ok).sum()), "plateau": bool(rel > -threshold)}
 
 
 def plateau_from_log(path: str | Path, key: str = "loss", split: str | None = "train",
                      window: int | None = None, threshold: float = PLATEAU_THRESHOLD) -> dict[str, Any]:
-    """:func:`read_loss_log` then :func:`detect_plateau`; adds ``source`` and ``key``."""
-    steps, values, source = read_loss_log(path, key, split)
+    """:func:`read_loss_log` then :func:`detect_plateau`.
+
+    Adds ``source``, ``key``, ``malformed_lines`` (JSONL lines skipped: not JSON objects, or a
+    non-number step/loss), ``malformed_line_numbers`` (the first 20) and ``warning`` (a line
+    saying so, None when none were skipped).
+    """
+    steps, values, source, bad = _read_log(path, key, split)
     out = detect_plateau(steps, values, window, threshold)
-    out.update(source=source, key=key)
+    out.update(source=source, key=key, malformed_lines=len(bad), malformed_line_numbers=bad[:20],
+               warning=_malformed_message(source, bad) if bad else None)
     return out
 
 
@@ -556,14 +657,68 @@ def _clip(x: float) -> float:
     return float(min(1.0, max(0.0, x)))
 
 
+def _number(value: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
+    """A real number (numpy's too), not a bool, finite and in [lo, hi]."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(float(value)) and lo <= float(value) <= hi)
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+EVIDENCE_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "unk_rate": ("a number in [0, 1]", lambda v: _number(v, 0, 1)),
+    "new_share_below_1pct": ("a number in [0, 1]", lambda v: _number(v, 0, 1)),
+    "new_drift_median": ("a number >= 0", lambda v: _number(v, 0)),
+    "new_decay_factor": ("a finite number", _number),
+    "flagged_new_share": ("a number in [0, 1]", lambda v: _number(v, 0, 1)),
+    "norm_ratio": ("a number >= 0 or an object {table: number >= 0}",
+                   lambda v: (_number(v, 0) or (isinstance(v, Mapping) and all(
+                       isinstance(k, str) and _number(r, 0) for k, r in v.items())))),
+    "plateau": ("true or false", _flag),
+    "loss_relative_change": ("a finite number", _number),
+    "loss_level": ("a finite number", _number),
+    "val_loss_ratio": ("a number >= 0", lambda v: _number(v, 0)),
+    "length_corr": ("a number in [-1, 1]", lambda v: _number(v, -1, 1)),
+    "mcd_ratio": ("a number >= 0", lambda v: _number(v, 0)),
+    "teacher_forced_ok": ("true, false or a number in [0, 1]",
+                          lambda v: _flag(v) or _number(v, 0, 1)),
+    "generation_fails": ("true, false or a number in [0, 1]",
+                         lambda v: _flag(v) or _number(v, 0, 1)),
+}
+
+
+def check_evidence(evidence: Any, what: str = "evidence") -> dict[str, Any]:
+    """Check checklist evidence: an object of known keys, each of its type (None = not measured).
+
+    Raises:
+        ValueError: not an object, an unknown key (a typo would be ignored silently), or a
+            value of the wrong type, NaN or out of range (names the key and what it must be).
+    """
+    if not isinstance(evidence, Mapping):
+        raise ValueError(f"{what} must be a JSON object such as {{\"val_loss_ratio\": 1.1, "
+                         f"\"length_corr\": 0.2}}, got {type(evidence).__name__} {evidence!r:.60}")
+    for key, value in evidence.items():
+        if key not in EVIDENCE_KEYS:
+            raise ValueError(f"{what}: unknown key {key!r}; known keys: {', '.join(EVIDENCE_KEYS)}")
+        expected, ok = EVIDENCE_KEYS[key]
+        if value is not None and not ok(value):
+            kind = "NaN/inf" if isinstance(value, numbers.Real) and not _flag(value) \
+                and not math.isfinite(float(value)) else type(value).__name__
+            raise ValueError(f"{what}: {key!r} must be {expected}, got {value!r:.60} ({kind})")
+    return dict(evidence)
+
+
 def rank_causes(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Rank likely causes of "the new language does not train" from measured evidence.
 
     Evidence keys (all optional; a cause without its evidence scores 0, ``measured`` False):
 
     - ``unk_rate``: share of ``<unk>`` tokens in the target text.
-    - ``new_share_below_1pct`` (and ``new_drift_median``): share of new rows that moved < 1%
-      from init; else ``flagged_new_share`` (share of new rows flagged as under-trained).
+    - ``new_share_below_1pct`` (and ``new_drift_median``, ``new_decay_factor``): share of new
+      rows that moved < 1% from init beyond what weight decay explains (:func:`drift`'s
+      ``beyond_decay``); else ``flagged_new_share`` (share of new rows flagged as under-trained).
     - ``norm_ratio``: ``{table: new mean norm / base mean norm}`` (or one float).
     - ``plateau`` (bool) and ``loss_relative_change``, ``loss_level``.
     - ``val_loss_ratio`` (teacher-forced val loss / a healthy reference, e.g. the base language)
@@ -579,7 +734,11 @@ def rank_causes(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     Returns:
         ``[{"cause", "score", "evidence", "measured", "fix"}]`` sorted by score, best first.
+
+    Raises:
+        ValueError: evidence that :func:`check_evidence` refuses.
     """
+    evidence = check_evidence(evidence)
     causes = []
 
     u = evidence.get("unk_rate")
@@ -593,10 +752,14 @@ def rank_causes(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
     share = evidence.get("new_share_below_1pct")
     flagged = evidence.get("flagged_new_share")
     if share is not None:
-        med = evidence.get("new_drift_median")
-        text = f"{float(share):.0%} of new rows moved < 1% from their init"
+        med, factor = evidence.get("new_drift_median"), evidence.get("new_decay_factor")
+        text = (f"{float(share):.0%} of new rows moved < 1% from their init beyond what weight "
+                "decay explains")
         if med is not None:
-            text += f" (median relative drift {float(med):.2%})"
+            text += f" (median drift {float(med):.2%}"
+            if factor is not None and abs(1 - float(factor)) > 1e-3:
+                text += f"; rows scaled by {float(factor):.4g} along themselves, as decay does"
+            text += ")"
         causes.append((CAUSE_NOT_MOVING, 0.9 * _clip(float(share) / 0.5), text, True))
     elif flagged is not None:
         causes.append((CAUSE_NOT_MOVING, 0.6 * _clip(float(flagged)),
@@ -612,10 +775,10 @@ def rank_causes(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
         causes.append((CAUSE_NORM, 0.0, "not measured: give --base-rows", False))
     else:
         ratios = dict(ratio) if isinstance(ratio, Mapping) else {TEXT_KEYS[0]: ratio}
-        ratios = {k: float(r) for k, r in ratios.items() if r is not None and r > 0}
+        ratios = {k: float(r) for k, r in ratios.items() if r is not None}
         if ratios:
-            worst = max(ratios, key=lambda k: abs(math.log(ratios[k])))
-            score = 0.8 * _clip(abs(math.log(ratios[worst])) / math.log(10))
+            worst = max(ratios, key=lambda k: abs(math.log(max(ratios[k], 1e-300))))
+            score = 0.8 * _clip(abs(math.log(max(ratios[worst], 1e-300))) / math.log(10))
             text = "; ".join(f"{k}: new/base mean norm {r:.3g}" for k, r in ratios.items())
             causes.append((CAUSE_NORM, score, text, True))
         else:
@@ -747,14 +910,38 @@ def plot_norms(state_dict: Mapping[str, torch.Tensor], base_rows: int | None,
 # ----------------------------------------------------------------------------- diagnose
 def _find_record(checkpoint: Path, meta: Mapping[str, Any], given: str | Path | None
                  ) -> tuple[dict | None, str | None]:
-    if given is not None:
-        return read_extension_record(given), str(given)
+    if given is not None:  # the record itself, or a checkpoint with its record beside it
+        beside = record_path(given)
+        if beside.is_file():
+            return read_extension_record(beside), str(beside)
+        return read_extension_record(given, as_is=True), str(given)
     if record_path(checkpoint).is_file():
         return read_extension_record(record_path(checkpoint)), str(record_path(checkpoint))
     inner = meta.get("meta") or {}
     if isinstance(inner, Mapping) and isinstance(inner.get("extension"), Mapping):
-        return dict(inner["extension"]), "checkpoint meta"
+        record = dict(inner["extension"])
+        if all(isinstance(record.get(k), int) for k in ("base_vocab", "new_vocab")):
+            return record, "checkpoint meta"
     return None, None
+
+
+def _check_plateau_args(window: int | None, threshold: float) -> None:
+    if window is not None and (isinstance(window, bool) or int(window) != window or window < 2):
+        raise ValueError(f"--window {window} must be a whole number of log points >= 2")
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"--threshold {threshold} must be a finite number >= 0 (0.02 = the loss "
+                         "must fall 2% over the window)")
+
+
+def _check_plot(plot: str | Path, inputs: Mapping[str, Any]) -> None:
+    """Refuse a --plot path that is an input, a folder, under a file, unwritable, or an
+    existing file that is not a PNG (someone's data, not an earlier plot)."""
+    path = check_output_file(plot, "--plot", dict(inputs))
+    if path.is_file():
+        with path.open("rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise ValueError(f"--plot {path} exists and is not a PNG image; choose another "
+                                 "path (an earlier plot would be replaced, other files are not)")
 
 
 def diagnose(checkpoint: str | Path, base_rows: int | None = None,
@@ -787,21 +974,53 @@ def diagnose(checkpoint: str | Path, base_rows: int | None = None,
         ``plateau``, ``evidence``, ``causes``, ``notes``, ``plot``.
     """
     checkpoint = Path(checkpoint)
+    if evidence is not None:  # every argument is checked before the (slow) work
+        evidence = check_evidence(evidence, "--evidence")
+    if (tokenizer is None) != (text is None):
+        raise ValueError("--tokenizer and --text go together (the <unk> rate of --text under "
+                         "--tokenizer)")
+    if log is not None:
+        _check_plateau_args(window, threshold)
+    if plot is not None:
+        _check_plot(plot, {"--checkpoint": checkpoint, "--init-snapshot": init_snapshot,
+                           "--extension-record": extension_record, "--tokenizer": tokenizer,
+                           "--text": text if isinstance(text, (str, Path)) else None,
+                           "--log": log})
+    if init_snapshot is not None and (same_file(init_snapshot, checkpoint)
+                                      or Path(init_snapshot).resolve() == checkpoint.resolve()):
+        raise ValueError(f"--init-snapshot {init_snapshot} is the --checkpoint itself, so every "
+                         "row would show zero drift; give the snapshot taken right after the "
+                         "extension (e.g. the run's init.pt), or leave it out to rebuild it from "
+                         "the extension record")
     sd, meta = load_state_dict(checkpoint, trust_pickle)
+    check_finite_tables(sd, f"checkpoint {checkpoint}")
     rows, dim = meta["rows"], meta["dim"]
     notes: list[str] = []
     record, record_source = _find_record(checkpoint, meta, extension_record)
     source = "argument"
     if base_rows is None and record is not None:
         base_rows, source = int(record["base_vocab"]), f"extension record ({record_source})"
+        if base_rows >= rows:
+            raise ValueError(f"the extension record ({record_source}) says {base_rows} base rows "
+                             f"but {checkpoint} has only {rows} text rows: it is not this "
+                             "checkpoint's record; pass --extension-record or --base-rows")
     elif base_rows is None:
         source = "none"
         notes.append("no --base-rows and no extension record: every row but the last counts as "
                      "base; pass --base-rows to split base and new rows")
-    if base_rows is not None and base_rows > rows:
-        raise ValueError(f"--base-rows {base_rows} is larger than the text tables of "
-                         f"{checkpoint} ({rows} rows)")
-    split_rows(rows, base_rows)  # validates
+    if base_rows is not None and not 2 <= base_rows <= rows:
+        raise ValueError(f"--base-rows {base_rows} is larger than the text tables of {checkpoint} "
+                         f"({rows} rows)" if base_rows > rows else
+                         f"--base-rows {base_rows} must be at least 2 (the trained rows that "
+                         f"serve as the reference; {checkpoint} has {rows} text rows)")
+    if tokenizer is not None:
+        from .tokenizer import load_proto
+
+        pieces = len(load_proto(tokenizer, "--tokenizer").pieces)
+        if pieces + 1 != rows:
+            notes.append(f"--tokenizer {tokenizer} has {pieces} pieces but the checkpoint's text "
+                         f"tables have {rows} rows ({pieces + 1} expected): the <unk> rate is that "
+                         "of another tokenizer than the one this checkpoint was grown for")
 
     tables = table_stats(sd, base_rows)
     mk = magikarp(sd, base_rows)
@@ -844,18 +1063,19 @@ def diagnose(checkpoint: str | Path, base_rows: int | None = None,
             lines, code = list(text), None
         unk = unk_rate(tokenizer, lines, lang or code)
         unk["text"] = str(text) if isinstance(text, (str, Path)) else f"{len(lines)} lines"
-    elif tokenizer is not None or text is not None:
-        raise ValueError("--tokenizer and --text go together (the <unk> rate of --text under "
-                         "--tokenizer)")
 
     plateau = plateau_from_log(log, log_key, log_split, window, threshold) if log is not None else None
+    if plateau is not None and plateau["warning"]:
+        notes.append(plateau["warning"])
 
     ev: dict[str, Any] = {}
     if unk is not None:
         ev["unk_rate"] = unk["unk_rate"]
     if drift_out is not None and drift_out["tables"][TEXT_KEYS[0]]["new"]["rows"]:
-        ev["new_share_below_1pct"] = drift_out["tables"][TEXT_KEYS[0]]["new"]["share_below_1pct"]
-        ev["new_drift_median"] = drift_out["tables"][TEXT_KEYS[0]]["new"]["median"]
+        moved = drift_out["tables"][TEXT_KEYS[0]]["new"]
+        ev["new_share_below_1pct"] = moved["beyond_decay"]["share_below_1pct"]
+        ev["new_drift_median"] = moved["median"]
+        ev["new_decay_factor"] = moved["decay_factor"]
     if flagged_summary["new_share"] is not None:
         ev["flagged_new_share"] = flagged_summary["new_share"]
     if len(new):
@@ -900,7 +1120,11 @@ def print_report(report: Mapping[str, Any]) -> None:
     if report["drift"]:
         d = report["drift"]["tables"][TEXT_KEYS[0]]["new"]
         print(f"  drift of new embedding rows from init ({report['drift']['source']}): median "
-              f"{_fmt(d['median'])}, max {_fmt(d['max'])}, share moved < 1%: {_fmt(d['share_below_1pct'])}")
+              f"{_fmt(d['median'])}, max {_fmt(d['max'])}, share moved < 1%: "
+              f"{_fmt(d['share_below_1pct'])}; beyond weight decay: median "
+              f"{_fmt(d['beyond_decay']['median'])}, share < 1%: "
+              f"{_fmt(d['beyond_decay']['share_below_1pct'])} (rows scaled by "
+              f"{_fmt(d['decay_factor'])})")
     if report["unk"]:
         print(f"  <unk> rate of {report['unk']['text']}: {report['unk']['unk_rate']:.2%}")
     if report["plateau"]:
@@ -945,23 +1169,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, help="write the norm plot (PNG) here")
 
 
+def _parse_evidence(raw: str) -> dict[str, Any]:
+    """``--evidence``: a JSON object, or the path of a file holding one; checked key by key."""
+    text = raw
+    if not raw.lstrip().startswith(("{", "[", '"')) and Path(raw).exists():
+        if Path(raw).is_dir():
+            raise ValueError(f"--evidence {raw} is a folder; give a JSON object or a JSON file")
+        text = read_text_strict(raw, "--evidence")
+    try:
+        evidence = json.loads(text)
+    except ValueError as err:
+        where = f"file {raw}" if text is not raw else repr(raw[:60])
+        hint = "neither JSON nor an existing file" if text is raw else "not JSON"
+        raise ValueError(f"--evidence {where} is {hint} ({err}); give an object such as "
+                         '\'{"val_loss_ratio": 1.1, "length_corr": 0.2}\' or a file holding one'
+                         ) from None
+    return check_evidence(evidence, "--evidence")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the diagnose CLI; exit 0 when the diagnosis ran (whatever it found)."""
-    evidence = None
-    if args.evidence:
-        raw = args.evidence
-        if not raw.lstrip().startswith("{") and Path(raw).is_file():
-            raw = Path(raw).read_text(encoding="utf-8")
-        try:
-            evidence = json.loads(raw)
-        except ValueError as err:
-            raise ValueError(f"--evidence is not JSON ({err})") from None
-        if not isinstance(evidence, dict):
-            raise ValueError("--evidence must be a JSON object")
+    evidence = _parse_evidence(args.evidence) if args.evidence else None
     report = diagnose(args.checkpoint, args.base_rows, args.init_snapshot, args.extension_record,
                       args.tokenizer, args.text, args.lang, args.log, args.log_key,
                       args.log_split or None, args.window, args.threshold, evidence, args.plot,
                       args.trust_pickle)
+    if report["plateau"] and report["plateau"]["warning"]:
+        print(f"warning: {report['plateau']['warning']}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:

@@ -22,11 +22,17 @@ what the base model learned and should not move, rows ``[B, R)`` are new and mus
       copies the snapshot back (``param.data[:B].copy_(snapshot)``) and zeroes the optimizer
       state rows of the frozen part (momentum, second moments), so stale moments cannot pile up;
     - a post-accumulate-grad hook zeroes ``grad[:B]`` so clipping norms and optimizer
-      statistics only see the trainable rows.
+      statistics only see the trainable rows;
+    - before every step a pre-hook checks that nobody changed the frozen rows outside the
+      optimizer (rows are compared only when the table's autograd version counter moved, so
+      an ordinary step compares nothing): putting the snapshot back would silently undo such
+      a change, so the step raises instead (see "Loading weights" below).
 
     Exact mode needs the optimizer attached (``optimizer=`` or ``handle.attach(opt)``): the
     post-hook is what makes the rows bit-identical. Without it the rows get the hook mode's
-    guarantees only, and :meth:`FreezeHandle.verify` says so when it finds changed rows.
+    guarantees only: the first backward pass warns (``UserWarning`` naming
+    ``handle.attach(optimizer)``), and :meth:`FreezeHandle.verify` says so when it finds
+    changed rows.
 
 ``mode="exact-sparse"``
     The same guarantee with less optimizer memory: the optimizer holds state only for the
@@ -41,8 +47,38 @@ what the base model learned and should not move, rows ``[B, R)`` are new and mus
     ``freeze_handle=``); :meth:`FreezeHandle.attach` refuses an optimizer that holds a full
     table. Adam state for the tables shrinks from ``2 R d`` to ``2 (R - B) d`` numbers.
 
+    The optimizer's ``zero_grad()`` clears only the leaves, so the table's gradient is dropped
+    by the handle: after each step, and before a backward pass whose leaf gradient was cleared
+    without a step (a step ``GradScaler`` skipped on inf, a batch discarded with
+    ``zero_grad``), so no stale or inf gradient is added to the next one. At the end of each
+    backward pass the leaf's gradient is pointed at the table's current one, which
+    DistributedDataParallel with ``gradient_as_bucket_view=True`` replaces by its averaged
+    bucket. Like exact mode it warns when no optimizer was attached.
+
+Loading weights after freezing: ``load_state_dict`` on the model (or on a wrapper such as
+DistributedDataParallel, or on a table's own module) **re-snapshots** the tables it loads: the
+loaded base rows are the ones kept from then on, and :meth:`FreezeHandle.verify` and
+:func:`drift` compare against them. (Chosen over raising: loading a checkpoint into a frozen
+model, to resume or because the weights came after the freeze, means "keep these rows".) What
+cannot be followed is refused: ``load_state_dict(..., assign=True)``, ``to_empty()`` or
+assigning a new ``Parameter`` replace the tensor the hooks guard, so that load, the next step
+and ``verify()`` raise; a meta-device table is refused by :func:`freeze_base_rows` (freeze
+after materialising the weights). Rows changed in place some other way (``torch.no_grad()``
+writes, ``nn.init``) make the next exact step raise: call :meth:`FreezeHandle.resnapshot` to
+keep such a change or :meth:`FreezeHandle.restore` to undo it. Writes through ``.data`` bypass
+autograd's version counter: only ``verify()`` sees those.
+
+Data-parallel training: the handle works on the model inside DistributedDataParallel or on
+the wrapper (``module.`` names match as suffixes); each rank freezes its own replica, and
+``tests/unit/test_freeze_ddp.py`` checks exact and exact-sparse with gloo, a checkpoint and a
+resume.
+
 In every mode ``model.state_dict()`` keeps its keys and shapes (no reparametrisation), and
 ``handle.remove()`` takes every hook away so training is normal again.
+
+This module is longer than the usual 500 lines: the handle must follow everything that can
+touch a table between two steps (``zero_grad``, ``GradScaler``, ``load_state_dict``, DDP's
+gradient buckets), and splitting those hooks across modules would hide how they interact.
 """
 
 from __future__ import annotations
@@ -50,6 +86,7 @@ from __future__ import annotations
 import difflib
 import math
 import operator
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -126,16 +163,34 @@ def _bytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _queue_callback(callback: Any) -> None:
+    """Run ``callback`` when the running backward pass ends (from inside an autograd hook)."""
+    torch.autograd.Variable._execution_engine.queue_callback(callback)
+
+
+def _graph_task_id() -> int | None:
+    """Id of the running backward pass, or None where torch cannot tell."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return current() if current is not None else None
+
+
 # ----------------------------------------------------------------------------- the handle
 class FreezeHandle:
     """What :func:`freeze_base_rows` returns: attach, verify, restore, remove.
+
+    ``model.load_state_dict`` after freezing re-snapshots the tables it loads (the loaded base
+    rows are kept from then on); a load with ``assign=True`` or any other replacement of a
+    table's tensor raises, as does an exact step after the frozen rows were changed in place
+    outside the optimizer (call :meth:`resnapshot` if that was meant). An exact handle that
+    gets a gradient before any optimizer is attached warns once.
 
     Attributes:
         mode: ``"hook"``, ``"exact"`` or ``"exact-sparse"``.
         base_rows: rows ``[0, base_rows)`` are frozen.
         rows: rows of every frozen table.
         params: ``{name: parameter}`` of the frozen tables (the model's own parameters).
-        snapshots: ``{name: rows [0, base_rows) as they were at freeze time}``.
+        snapshots: ``{name: rows [0, base_rows)}`` as they were at freeze time or at the last
+            ``load_state_dict`` / :meth:`resnapshot`.
         leaves: exact-sparse mode only, ``{name: (rows - base_rows) x ... parameter}`` aliasing
             the trainable rows; give these to the optimizer instead of the full tables.
     """
@@ -147,27 +202,39 @@ class FreezeHandle:
         self.rows = next(iter(params.values())).shape[0]
         self.params = params
         self.zero_state = zero_state
-        with torch.no_grad():
-            self.snapshots = {n: p.detach()[:base_rows].clone() for n, p in params.items()}
+        self.snapshots: dict[str, Tensor] = {}
+        self._versions: dict[str, int] = {}
+        self.resnapshot()
         self.leaves: dict[str, nn.Parameter] = {}
         if mode == "exact-sparse":
             for name, p in params.items():
                 leaf = nn.Parameter(p.data[base_rows:], requires_grad=True)  # shares storage
                 self.leaves[name] = leaf
-        self._grad_hooks: list[Any] = []
+        # (module, attribute) that holds each table, to notice a replaced parameter
+        self._slots = {n: (model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2])
+                       for n in params}
+        self._handed = dict.fromkeys(params, False)  # exact-sparse: a leaf got a gradient view
+        self._follow_task: int | None = None  # the backward pass that queued the follow-up
+        self._warned = False
+        self._hooks: list[Any] = []
         self._opt_hooks: list[Any] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         self._removed = False
-        self._model_ref = model.__class__.__name__
         for name, p in params.items():
             if mode == "hook":
-                self._grad_hooks.append(p.register_hook(self._hook_zero(base_rows)))
+                self._hooks.append(p.register_hook(self._hook_zero(base_rows)))
             elif mode == "exact":
-                self._grad_hooks.append(
+                self._hooks.append(
                     p.register_post_accumulate_grad_hook(self._zero_base_grad))
             else:
-                self._grad_hooks.append(
+                self._hooks.append(p.register_hook(self._drop_cleared_grad(name)))
+                self._hooks.append(
                     p.register_post_accumulate_grad_hook(self._split_grad(name)))
+        ids = {id(p) for p in params.values()}
+        for module in model.modules():  # every module that loads a table (tied ones too)
+            if any(id(q) in ids for q in module._parameters.values() if q is not None):
+                self._hooks.append(
+                    module.register_load_state_dict_post_hook(self._after_load))
 
     # -- gradient hooks
     @staticmethod
@@ -179,20 +246,65 @@ class FreezeHandle:
             return grad
         return hook
 
+    def _warn_unattached(self) -> None:
+        if self.optimizers or self._warned:
+            return
+        self._warned = True
+        build = " built from handle.parameters(model)" if self.mode == "exact-sparse" else ""
+        warnings.warn(
+            f"amhelpers.freeze: the frozen tables got a gradient but no optimizer is attached "
+            f"to this {self.mode!r} freeze handle, so nothing keeps weight decay and momentum "
+            f"off the base rows; call handle.attach(optimizer) with the optimizer{build} "
+            "before training (or pass optimizer= to freeze_base_rows)", UserWarning,
+            stacklevel=2)
+
     def _zero_base_grad(self, param: Tensor) -> None:
+        self._warn_unattached()
         if param.grad is not None:
             param.grad[: self.base_rows].zero_()
 
+    def _drop_cleared_grad(self, name: str):
+        def hook(grad: Tensor) -> None:
+            # Runs before the new gradient is accumulated into the table's. The optimizer holds
+            # only the leaf, so its zero_grad() drops the leaf's view and leaves the table's
+            # gradient behind (after a step GradScaler skipped, or a discarded batch): drop it
+            # too, so the new gradient is not added to a stale (or inf) one.
+            param = self.params[name]
+            if self._handed[name] and self.leaves[name].grad is None and param.grad is not None:
+                param.grad = None
+            self._handed[name] = False
+        return hook
+
     def _split_grad(self, name: str):
         def hook(param: Tensor) -> None:
+            self._warn_unattached()
             grad = param.grad
             if grad is None:
                 return
             grad[: self.base_rows].zero_()
-            leaf = self.leaves[name]
             self._realias(name)
-            leaf.grad = grad[self.base_rows:]  # a view: clipping either side scales both
+            self.leaves[name].grad = grad[self.base_rows:]  # a view: clipping scales both
+            self._handed[name] = True
+            task = _graph_task_id()
+            if task is None or task != self._follow_task:  # once per backward pass
+                self._follow_task = task
+                _queue_callback(lambda: _queue_callback(self._follow_table_grads))
         return hook
+
+    def _follow_table_grads(self) -> None:
+        """End of backward: point each leaf's gradient at its table's current gradient.
+
+        DistributedDataParallel with ``gradient_as_bucket_view=True`` replaces ``.grad`` by a
+        view of its all-reduce bucket after the hook above ran, which would leave the leaf
+        with the local, un-averaged gradient. Queued twice so it runs after callbacks queued
+        during backward (DDP's own finalisation among them).
+        """
+        for name, p in self.params.items():
+            leaf = self.leaves[name]
+            if p.grad is not None and leaf.grad is not None:
+                rows = p.grad[self.base_rows:]
+                if leaf.grad.data_ptr() != rows.data_ptr() or leaf.grad.shape != rows.shape:
+                    leaf.grad = rows
 
     def _realias(self, name: str) -> None:
         """Keep the exact-sparse leaf aliasing the table even if ``param.data`` was replaced."""
@@ -243,6 +355,7 @@ class FreezeHandle:
                     "optimizer that trains the model (built from model.parameters() or "
                     "amhelpers.optim.param_groups(model, ...))")
         if self.mode == "exact":
+            self._opt_hooks.append(optimizer.register_step_pre_hook(self._before_step))
             self._opt_hooks.append(optimizer.register_step_post_hook(self._after_step))
             self._zero_optimizer_state(optimizer)
         elif self.mode == "exact-sparse":
@@ -251,10 +364,55 @@ class FreezeHandle:
         self.optimizers.append(optimizer)
         return self
 
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._check_untouched()
+
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.restore()
         if self.zero_state:
             self._zero_optimizer_state(optimizer)
+        self._versions = {n: p._version for n, p in self.params.items()}
+
+    def _check_untouched(self) -> None:
+        """Before a step: refuse to restore over rows someone changed since the snapshot.
+
+        Cheap in the usual case: rows are compared only when the table's version counter
+        moved (an in-place write outside ``load_state_dict``, which re-snapshots).
+        """
+        for name, p in self.params.items():
+            self._check_slot(name, RuntimeError)
+            if p._version == self._versions.get(name):
+                continue
+            with torch.no_grad():
+                cur = p.detach()[: self.base_rows]
+                rows = _changed_rows(cur, self.snapshots[name].to(cur.device))
+            if rows.numel():
+                raise RuntimeError(
+                    f"{name}: frozen row {int(rows[0])} was changed outside the optimizer after "
+                    f"freeze_base_rows ({rows.numel()} of {self.base_rows} frozen rows differ "
+                    "from the snapshot); this step would silently put the old rows back. Call "
+                    "handle.restore() to put them back, or handle.resnapshot() to keep the rows "
+                    "as they are now (model.load_state_dict re-snapshots by itself)")
+            self._versions[name] = p._version
+
+    def _check_slot(self, name: str, error: type[Exception]) -> None:
+        """Raise ``error`` if the model no longer holds the frozen tensor (hooks orphaned)."""
+        module, attr = self._slots[name]
+        if module._parameters.get(attr) is not self.params[name]:
+            raise error(
+                f"{name} was replaced by a new tensor after freeze_base_rows (model.to_empty(), "
+                "load_state_dict(..., assign=True) or assigning the attribute do that), so the "
+                "freeze hooks and the optimizer still hold the old one; call handle.remove(), "
+                "then freeze_base_rows(...) and build the optimizer again on the model as it is")
+
+    def _after_load(self, module: nn.Module, incompatible_keys: Any) -> None:
+        """``load_state_dict`` post-hook: the loaded rows become the new snapshot."""
+        if self._removed:
+            return
+        for name, p in self.params.items():
+            if module is self._slots[name][0] or any(q is p for q in module._parameters.values()):
+                self._check_slot(name, RuntimeError)
+                self.resnapshot(name)
 
     def _zero_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero the frozen rows of every per-element state tensor (moments, buffers)."""
@@ -271,6 +429,7 @@ class FreezeHandle:
 
     def _before_sparse_step(self, optimizer: torch.optim.Optimizer, args: Any,
                             kwargs: Any) -> None:
+        self._check_untouched()
         for name in self.leaves:
             self._realias(name)
 
@@ -281,8 +440,27 @@ class FreezeHandle:
         for name, p in self.params.items():
             p.grad = None
             self.leaves[name].grad = None
+            self._handed[name] = False
 
     # -- public operations
+    def resnapshot(self, name: str | None = None) -> None:
+        """Take rows ``[0, base_rows)`` as they are now as the snapshot to keep (one table or all).
+
+        ``model.load_state_dict`` calls it for the tables it loads; call it yourself after
+        changing the frozen rows on purpose in another way.
+
+        Raises:
+            ValueError: ``name`` is not one of the frozen tables.
+        """
+        if name is not None and name not in self.params:
+            raise ValueError(f"resnapshot: {name!r} is not a frozen table; the handle freezes "
+                             f"{list(self.params)}")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                if name is None or n == name:
+                    self.snapshots[n] = p.detach()[: self.base_rows].clone()
+                    self._versions[n] = p._version
+
     def restore(self) -> None:
         """Copy the snapshot back into rows ``[0, base_rows)`` of every frozen table.
 
@@ -319,6 +497,7 @@ class FreezeHandle:
         largest absolute change.
         """
         for name, p in self.params.items():
+            self._check_slot(name, FrozenRowsChanged)
             snap = self.snapshots[name]
             cur = p.detach()[: self.base_rows]
             if cur.dtype != snap.dtype:
@@ -368,9 +547,9 @@ class FreezeHandle:
         In exact-sparse mode the optimizer still holds the leaves, which no longer receive
         gradients: build a new optimizer from ``model.parameters()`` to train on.
         """
-        for h in self._grad_hooks + self._opt_hooks:
+        for h in self._hooks + self._opt_hooks:
             h.remove()
-        self._grad_hooks, self._opt_hooks = [], []
+        self._hooks, self._opt_hooks = [], []
         self._removed = True
 
     def __enter__(self) -> Self:
@@ -415,7 +594,7 @@ def freeze_base_rows(model: nn.Module, base_rows: int, names: Iterable[str] | st
         TypeError: ``model`` is not an ``nn.Module``, ``base_rows`` not an integer.
         ValueError: unknown mode or name, ``base_rows`` out of range, a table whose first
             dimension is not the row count, a sparse embedding, a table that does not require
-            grad, or an optimizer that does not hold the tables.
+            grad, a table on the meta device, or an optimizer that does not hold the tables.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -465,6 +644,12 @@ def freeze_base_rows(model: nn.Module, base_rows: int, names: Iterable[str] | st
                              "set requires_grad=True or leave it out of names")
         if p.is_sparse:
             raise ValueError(f"{name} is a sparse tensor; freeze needs a dense table")
+        if p.is_meta:
+            raise ValueError(
+                f"{name} is on the meta device (a shape without values), and to_empty() would "
+                "replace it and orphan the freeze hooks: materialise the weights first "
+                "(model.to_empty(device=...), then load or initialise them), then call "
+                "freeze_base_rows")
     if base_rows <= 0:
         raise ValueError(f"base_rows must be at least 1 (rows [0, base_rows) are frozen), got "
                          f"{base_rows}")

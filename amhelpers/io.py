@@ -70,6 +70,8 @@ def read_text_strict(path: str | os.PathLike, what: str = "file") -> str:
         ValueError: the file is not valid UTF-8.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what}: {path} is a folder; give the path of a UTF-8 text file")
     if not path.is_file():
         raise FileNotFoundError(f"{what}: {path} does not exist (give the path of a UTF-8 text file)")
     data = path.read_bytes()
@@ -89,3 +91,83 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Return True when ``a`` and ``b`` name the same file (also through links or ``..``)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_output_file(path: str | os.PathLike, what: str = "--out",
+                      inputs: dict[str, str | os.PathLike | None] | None = None) -> Path:
+    """Check that a file can be written at ``path`` and that it replaces none of ``inputs``.
+
+    Args:
+        path: the output file.
+        what: how to call it in errors (for example ``"--out"``).
+        inputs: the command's input files by flag name (``{"--base": path}``); None values are
+            skipped.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        ValueError: ``path`` is one of the inputs, a directory, or under a file.
+        PermissionError: its folder cannot be written.
+    """
+    path = Path(path)
+    for flag, source in (inputs or {}).items():
+        if source is not None and (same_file(path, source) or path.resolve() == Path(source).resolve()):
+            raise ValueError(f"{what} {path} is the same file as {flag}; writing it would replace "
+                             f"your input: choose another {what} path")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file path, e.g. {path / 'out'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is a file, not a folder; choose a path in a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: the folder {parent} is not writable; "
+                              "choose a folder you can write to")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Check that ``path`` is, or can be created as, a writable folder.
+
+    Raises:
+        ValueError: ``path`` is a file or lies under one.
+        PermissionError: it cannot be created or written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder; give a folder path")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: {parent} is not writable; "
+                              "choose a folder you can write to")
+    return path
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OSError: what failed, on which path, and what to do about it."""
+    name = err.filename if err.filename is not None else ""
+    reason = err.strerror or str(err)
+    hint = {
+        "IsADirectoryError": "give a file path, not a folder",
+        "NotADirectoryError": "a part of the path is a file, not a folder",
+        "PermissionError": "fix its permissions, or choose a path you can read and write",
+        "FileNotFoundError": "check the path",
+        "FileExistsError": "choose another path or remove the old one",
+    }.get(type(err).__name__, "check the path and free disk space")
+    where = f" {name}" if name else ""
+    return f"{reason}:{where} ({hint})" if where else f"{reason} ({hint})"

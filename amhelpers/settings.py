@@ -3,7 +3,12 @@
 - ``AMHELPERS_HOME``: the work folder for generated data (default ``~/.cache/amhelpers``).
 - ``AMHELPERS_CORPUS_DIR``: a local copy of HornMT (``amh.txt``, ``eng.txt``, ...).
 - ``AMHELPERS_INDEXTTS2_DIR``: a folder with the real IndexTTS2 ``bpe.model`` and ``config.yaml``.
-- ``AMHELPERS_PROFILE``: ``quick`` (smoke run, CI) or ``full`` (the course as taught).
+- ``AMHELPERS_PROFILE``: ``quick`` (smoke run, CI) or ``full`` (the course as taught); also the
+  default of ``python -m amhelpers course --profile``.
+
+Read by the notebooks' first cell only (before the package can be imported):
+``AMHELPERS_REPO`` (the course checkout), ``AMHELPERS_REPO_URL`` (what Colab clones),
+``AMHELPERS_SETUP_ARGS`` (arguments for ``python -m amhelpers.setup``, e.g. ``--no-system``).
 """
 
 from __future__ import annotations

@@ -3,13 +3,18 @@
 Installs the system tools (espeak-ng, sox, an Ethiopic font) with apt-get when they are
 missing and apt-get can run, otherwise prints which packages to install; then installs
 torch 2.13.0 (never asking pip for a CUDA build when a CPU wheel is at hand) and this
-package with its dev extras into the running Python. Runs without importing anything
-beyond the standard library, so it works before the package is installed (also in Colab).
+package (JupyterLab included) with its dev extras into the running Python. Runs without
+importing anything beyond the standard library, so it works before the package is installed
+(also in Colab, where the notebooks' first cell runs it).
+
+Exit status: 0 done; 1 installed, but system packages are still missing (named on stderr);
+2 pip failed or is missing (one line on stderr names the command and what to do).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -60,11 +65,28 @@ def install_system(missing: list[str]) -> bool:
     return ok
 
 
+class SetupError(RuntimeError):
+    """A setup step failed; the message says which and what to do."""
+
+
 def pip(*args: str) -> None:
-    """Run pip of the current interpreter, failing loudly."""
+    """Run ``pip install`` of the current interpreter; its output is shown as it comes.
+
+    Raises:
+        SetupError: pip is missing, or it failed (the message names the command and the fix).
+    """
+    if importlib.util.find_spec("pip") is None:
+        raise SetupError(f"pip is not installed in {sys.executable}: run "
+                         f"`{sys.executable} -m ensurepip --upgrade` (or make the virtual "
+                         "environment without --without-pip), then rerun `python -m amhelpers.setup`")
     cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args]
     print("setup:", " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise SetupError(f"`{' '.join(cmd)}` failed (exit {code}; pip's message is above): check "
+                         "the network connection or proxy (pip must reach the package index, or "
+                         "set PIP_INDEX_URL to a mirror) and free disk space, then rerun "
+                         "`python -m amhelpers.setup`")
 
 
 def torch_ok() -> bool:
@@ -82,14 +104,18 @@ def main(argv: list[str] | None = None) -> int:
 
     missing = [] if args.no_system else missing_system_packages()
     system_ok = install_system(missing)
-    if not torch_ok():
-        # With no torch at all, a bare "torch" would pull a multi-GB CUDA build; the pinned
-        # version resolves to the local CPU wheel here and to the CPU/CUDA default elsewhere.
-        pip(TORCH)
-    pip("-e", f"{ROOT}[{args.extras}]" if args.extras else str(ROOT))
-    if "indextts" in args.extras.split(","):
-        # Only indextts/gpt/model_v2.py is used; its own requirements come with the extra.
-        pip("--no-deps", INDEXTTS)
+    try:
+        if not torch_ok():
+            # With no torch at all, a bare "torch" would pull a multi-GB CUDA build; the pinned
+            # version resolves to the local CPU wheel here and to the CPU/CUDA default elsewhere.
+            pip(TORCH)
+        pip("-e", f"{ROOT}[{args.extras}]" if args.extras else str(ROOT))
+        if "indextts" in args.extras.split(","):
+            # Only indextts/gpt/model_v2.py is used; its own requirements come with the extra.
+            pip("--no-deps", INDEXTTS)
+    except SetupError as err:
+        print(f"setup: error: {err}", file=sys.stderr)
+        return 2
     still = [] if args.no_system else missing_system_packages()
     if still:
         print(f"setup: still missing system packages: {' '.join(still)} (speech chapters need them)",

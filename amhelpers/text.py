@@ -19,6 +19,11 @@ _TENS = ["", "አስር", "ሃያ", "ሰላሳ", "አርባ", "ሃምሳ", "ስ�
 _SCALES = [(10**12, "ትሪሊዮን"), (10**9, "ቢሊዮን"), (10**6, "ሚሊዮን"), (1000, "ሺህ")]
 _ZERO, _HUNDRED, _POINT, _PERCENT = "ዜሮ", "መቶ", "ነጥብ", "በመቶ"
 
+# A digit string this long (or a number over 3 digits with a leading zero: a phone number,
+# an id) is read digit by digit, as people read it; shorter numbers are spelled as quantities.
+LONG_NUMBER_DIGITS = 15
+_MAX_SPELLED = 10**15
+
 _GEEZ_DIGITS = {chr(0x1369 + i): i + 1 for i in range(9)}
 _GEEZ_TENS = {chr(0x1372 + i): 10 * (i + 1) for i in range(9)}
 _GEEZ_NUMBER = re.compile("[\u1369-\u137c]+")
@@ -121,18 +126,43 @@ def geez_to_int(numeral: str) -> int:
     return total + group + current
 
 
+def digits_to_words(digits: str) -> str:
+    """Read a digit string digit by digit (``0911`` -> ``ዜሮ ዘጠኝ አንድ አንድ``)."""
+    return " ".join(_ONES[int(d)] or _ZERO for d in digits)
+
+
+def _reads_digit_by_digit(whole: str) -> bool:
+    """True for an id-like digit string: 15+ digits, or 4+ digits starting with 0."""
+    return len(whole) >= LONG_NUMBER_DIGITS or (len(whole) >= 4 and int(whole[0]) == 0)
+
+
 def _spell_arabic(match: re.Match) -> str:
     token = match.group(0).replace(",", "")
     whole, _, fraction = token.partition(".")
-    words = number_to_words(int(whole))
+    words = digits_to_words(whole) if _reads_digit_by_digit(whole) else number_to_words(int(whole))
     if fraction:
-        words += f" {_POINT} " + " ".join(_ONES[int(d)] or _ZERO for d in fraction)
+        words += f" {_POINT} " + digits_to_words(fraction)
     return words
 
 
+def _spell_geez(match: re.Match) -> str:
+    """Spell a Ge'ez numeral; one too large to say as a quantity is read sign by sign."""
+    numeral = match.group(0)
+    if numeral.count("፼") <= 3:  # more than three ፼ is always >= 10**15 (and a huge int)
+        value = geez_to_int(numeral)
+        if value < _MAX_SPELLED:
+            return number_to_words(value)
+    return " ".join(number_to_words(geez_to_int(ch)) for ch in numeral)
+
+
 def spell_numbers_amharic(text: str) -> str:
-    """Replace Arabic-digit and Ge'ez numbers in ``text`` by Amharic words (``%`` -> ``በመቶ``)."""
-    text = _GEEZ_NUMBER.sub(lambda m: number_to_words(geez_to_int(m.group(0))), text)
+    """Replace Arabic-digit and Ge'ez numbers in ``text`` by Amharic words (``%`` -> ``በመቶ``).
+
+    Numbers are spelled as quantities (``2024`` -> ``ሁለት ሺህ ሃያ አራት``), except digit strings
+    of :data:`LONG_NUMBER_DIGITS` or more digits and those of 4+ digits with a leading zero
+    (phone numbers, ids), which are read digit by digit. Never raises on any ``str``.
+    """
+    text = _GEEZ_NUMBER.sub(_spell_geez, text)
     text = re.sub(r"(\d)\s*%", rf"\1 {_PERCENT}", text)
     return _ARABIC_NUMBER.sub(_spell_arabic, text)
 
@@ -140,9 +170,12 @@ def spell_numbers_amharic(text: str) -> str:
 def normalize(text: str, lang: str) -> str:
     """The project's one normaliser.
 
-    Steps: Unicode NFKC (as SentencePiece's ``nmt_nfkc`` does), control and zero-width
-    characters removed, ``፡፡`` -> ``።``, and for Amharic (``amh``) numbers spelled out as
+    Steps: control and zero-width characters removed, Unicode NFKC (as SentencePiece's
+    ``nmt_nfkc`` does), ``፡፡`` -> ``።``, and for Amharic (``amh``) numbers spelled out as
     words; finally whitespace collapsed and stripped. Ethiopic letters are never changed.
+    The result is a fixed point: ``normalize(normalize(t, lang), lang) == normalize(t, lang)``
+    (so text normalised at one stage can be passed again at the next). It never raises on a
+    ``str`` and a valid code.
 
     Args:
         text: raw text.
@@ -155,8 +188,9 @@ def normalize(text: str, lang: str) -> str:
         raise TypeError(f"normalize() takes str text, got {type(text).__name__}")
     if not isinstance(lang, str) or not re.fullmatch(r"[a-z]{3}", lang):
         raise ValueError(f"lang must be an ISO 639-3 code such as 'amh' or 'eng', got {lang!r}")
-    text = unicodedata.normalize("NFKC", text)
+    # Controls go first: removed after NFKC they could join characters NFKC would compose.
     text = _CONTROL.sub("", text)
+    text = unicodedata.normalize("NFKC", text)
     text = re.sub(r"፡\s*፡", "።", text)
     if lang == "amh":
         text = spell_numbers_amharic(text)

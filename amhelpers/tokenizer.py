@@ -15,6 +15,10 @@ The recipe (FACTS.md, "Extending a SentencePiece model"):
 
 The naive variant (``naive=True``) does what quick merge scripts do: default character
 coverage, single characters skipped, top-ranked pieces only. Chapter 1 measures its ``<unk>``.
+
+Every input is checked before SentencePiece sees it (its ``INTERNAL:`` errors name no flag),
+and no output may replace an input. The module is longer than 500 lines because the recipe,
+its verification and their input checks belong together: a check split off would drift.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -32,7 +37,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from . import corpus
-from .io import read_text_strict, sha256_file, write_bytes_atomic
+from .io import check_output_file, read_text_strict, sha256_file, write_bytes_atomic
 from .text import is_ethiopic, normalize
 
 Piece = sp_pb2.ModelProto.SentencePiece
@@ -42,6 +47,8 @@ MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 SCRIPT_BLOCKS = {"ethiopic": ((0x1200, 0x137F),)}
 SCRIPT_OF_LANG = {"amh": "ethiopic", "tir": "ethiopic", "gez": "ethiopic", "tig": "ethiopic"}
 WORD = "\u2581"
+# SentencePiece's TrainerSpec.max_sentence_length default: training skips longer lines (bytes).
+MAX_SENTENCE_BYTES = 4192
 
 
 # ----------------------------------------------------------------------------- loading
@@ -54,23 +61,52 @@ def load_proto(path: str | Path, what: str = "--base") -> sp_pb2.ModelProto:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a SentencePiece model.
+        ValueError: the file is a folder, not a SentencePiece model, or incomplete (see
+            :func:`check_complete`).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what}: {path} is a folder; give a SentencePiece .model file")
     if not path.is_file():
         raise FileNotFoundError(f"{what}: {path} does not exist (give a SentencePiece .model file)")
+    data = path.read_bytes()
     proto = sp_pb2.ModelProto()
     try:
-        proto.ParseFromString(path.read_bytes())
+        proto.ParseFromString(data)
         ok = len(proto.pieces) > 0
-        if ok:
-            spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    except Exception:  # protobuf DecodeError, or sentencepiece rejecting the proto
+    except Exception:  # protobuf DecodeError (also a file cut inside a field)
         ok = False
+    if ok:
+        check_complete(proto, path, what)
+        try:
+            spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        except Exception:  # sentencepiece rejecting the proto
+            ok = False
     if not ok:
-        raise ValueError(f"{what}: {path} is not a SentencePiece model (.model protobuf); "
-                         "pass the tokenizer file, e.g. IndexTTS2's checkpoints/bpe.model")
+        raise ValueError(f"{what}: {path} is not a SentencePiece model (.model protobuf), or is "
+                         "damaged; pass the tokenizer file, e.g. IndexTTS2's checkpoints/bpe.model")
     return proto
+
+
+def check_complete(proto: sp_pb2.ModelProto, path: str | Path, what: str = "--base") -> None:
+    """Refuse a model cut short: a ``.model`` file stores its pieces first, then its
+    ``trainer_spec`` and ``normalizer_spec``, so a copy cut at a field boundary still parses,
+    as a smaller model with a default normaliser.
+
+    Raises:
+        ValueError: a spec is missing, or fewer pieces than a hard ``vocab_size`` promises.
+    """
+    missing = [name for name in ("trainer_spec", "normalizer_spec") if not proto.HasField(name)]
+    spec = proto.trainer_spec
+    if missing:
+        found = f"no {' and no '.join(missing)}"
+    elif spec.hard_vocab_limit and 0 < len(proto.pieces) < spec.vocab_size:
+        found = f"its trainer_spec promises exactly {spec.vocab_size}"
+    else:
+        return
+    raise ValueError(f"{what}: {path} is incomplete: it holds {len(proto.pieces)} pieces and {found} "
+                     "(the file was probably cut short while copying or downloading); copy it "
+                     "again and compare its size or sha256 with the original")
 
 
 def processor(proto: sp_pb2.ModelProto) -> spm.SentencePieceProcessor:
@@ -92,6 +128,12 @@ def read_texts(source: str | Path, split: str, what: str) -> tuple[list[str], st
     source_str = str(source)
     if source_str in corpus.LANGS and not Path(source_str).exists():
         return corpus.split_lines(source_str, split), source_str
+    if Path(source_str).is_dir():
+        raise ValueError(f"{what}: {source_str} is a folder; give a UTF-8 text file or a HornMT "
+                         f"language code ({', '.join(corpus.LANGS)})")
+    if not Path(source_str).exists():
+        raise FileNotFoundError(f"{what}: {source_str} is neither a file nor a HornMT language code; "
+                                f"give a UTF-8 text file or one of {', '.join(corpus.LANGS)}")
     text = read_text_strict(source, what)
     return [line.strip() for line in text.splitlines() if line.strip()], None
 
@@ -136,31 +178,95 @@ def in_script(ch: str, script: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- training
+def check_lang(lang: object, what: str = "--lang") -> str:
+    """Return ``lang`` when it is an ISO 639-3 code (three lower-case letters).
+
+    Raises:
+        ValueError: naming ``what`` and an example.
+    """
+    if not isinstance(lang, str) or not re.fullmatch(r"[a-z]{3}", lang):
+        raise ValueError(f"{what}: {lang!r} is not an ISO 639-3 code; give three lower-case "
+                         f"letters, e.g. amh (Amharic), tir (Tigrinya), eng (English)")
+    return lang
+
+
+def check_vocab_size(n: int, what: str = "--vocab-size") -> int:
+    """Return ``n`` when it is a usable piece count (``>= 1``); else raise ValueError."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{what} must be >= 1 (a number of pieces), got {n!r}")
+    return n
+
+
+def trainable_lines(lines: Sequence[str], what: str = "--corpus") -> tuple[list[str], int]:
+    """Drop lines longer than SentencePiece trains on, as SentencePiece itself does.
+
+    Returns:
+        The lines of at most :data:`MAX_SENTENCE_BYTES` UTF-8 bytes and how many were skipped.
+
+    Raises:
+        ValueError: every line is too long (SentencePiece would fail with ``INTERNAL``).
+    """
+    kept = [t for t in lines if len(t.encode("utf-8")) <= MAX_SENTENCE_BYTES]
+    if lines and not kept:
+        longest = max(len(t.encode("utf-8")) for t in lines)
+        raise ValueError(f"{what}: all {len(lines)} lines are longer than {MAX_SENTENCE_BYTES} bytes "
+                         f"(longest {longest}), SentencePiece's max_sentence_length; put one "
+                         "sentence per line")
+    return kept, len(lines) - len(kept)
+
+
+_REQUIRED_CHARS = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
 def train_sentencepiece(texts: Sequence[str], vocab_size: int, model: str = "unigram", *,
                         character_coverage: float = 1.0, normalization: str = "nmt_nfkc",
-                        seed_sentences: int = 1_000_000) -> sp_pb2.ModelProto:
+                        seed_sentences: int = 1_000_000, grow_to_fit: bool = False,
+                        what: str = "--vocab-size") -> sp_pb2.ModelProto:
     """Train a SentencePiece model in memory (deterministic: one thread, fixed input order).
 
     Args:
-        texts: training lines, already normalised.
+        texts: training lines, already normalised (longer lines than
+            :data:`MAX_SENTENCE_BYTES` are skipped, as SentencePiece does).
         vocab_size: target size (a soft limit: small corpora give fewer pieces).
         model: ``"unigram"`` or ``"bpe"``.
         character_coverage: share of characters kept as pieces (1.0 keeps all).
         normalization: SentencePiece normaliser name (keep the base's).
         seed_sentences: cap on sentences read.
+        grow_to_fit: when ``vocab_size`` is below the characters the corpus needs, train with
+            that many more instead of failing (an extension keeps only the pieces it needs).
+        what: the flag named in errors.
 
     Returns:
         The trained ``ModelProto``.
+
+    Raises:
+        ValueError: unsupported type, ``vocab_size < 1``, no trainable line, or (without
+            ``grow_to_fit``) fewer pieces than the corpus has characters.
     """
     if model not in ("unigram", "bpe"):
         raise ValueError(f"model type {model!r} is not supported; use unigram or bpe")
+    check_vocab_size(vocab_size, what)
+    texts, _ = trainable_lines(texts)
+    if not texts:
+        raise ValueError("--corpus: no line to train on")
     buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size,
-        model_type=model, character_coverage=character_coverage,
-        normalization_rule_name=normalization, hard_vocab_limit=False, num_threads=1,
-        input_sentence_size=seed_sentences, shuffle_input_sentence=False, byte_fallback=False,
-        max_sentencepiece_length=16, minloglevel=2, unk_id=2, bos_id=0, eos_id=1, pad_id=-1)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size,
+            model_type=model, character_coverage=character_coverage,
+            normalization_rule_name=normalization, hard_vocab_limit=False, num_threads=1,
+            input_sentence_size=seed_sentences, shuffle_input_sentence=False, byte_fallback=False,
+            max_sentencepiece_length=16, minloglevel=2, unk_id=2, bos_id=0, eos_id=1, pad_id=-1)
+    except RuntimeError as err:
+        needed = _REQUIRED_CHARS.search(str(err))
+        if not needed:
+            raise
+        if grow_to_fit:
+            return train_sentencepiece(texts, int(needed.group(2)) + vocab_size, model,
+                                       character_coverage=character_coverage,
+                                       normalization=normalization, seed_sentences=seed_sentences)
+        raise ValueError(f"{what} {vocab_size} is smaller than the {needed.group(2)} pieces the "
+                         f"corpus's characters need; use {what} >= {needed.group(2)}") from None
     proto = sp_pb2.ModelProto()
     proto.ParseFromString(buffer.getvalue())
     return proto
@@ -187,6 +293,7 @@ class ExtendReport:
     min_base_score: float
     seconds: float
     sha256: str = ""
+    n_skipped_long_lines: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -228,8 +335,34 @@ def unreachable_pieces(proto: sp_pb2.ModelProto, start: int) -> list[int]:
     return bad
 
 
+def check_extend_output(out_path: str | Path, base_path: str | Path, *, overwrite: bool = True,
+                        inputs: dict[str, str | Path | None] | None = None) -> Path:
+    """Check ``--out`` before any work: never the base (or another input), a writable file path,
+    and, unless ``overwrite``, not an existing file.
+
+    Raises:
+        ValueError: ``--out`` is an input, a folder, under a file, or exists without ``overwrite``.
+        PermissionError: its folder is not writable.
+    """
+    path = check_output_file(out_path, "--out", {"--base": base_path, **(inputs or {})})
+    if path.exists() and not overwrite:
+        raise ValueError(f"--out {path} already exists; pass --overwrite to replace it, or choose "
+                         "another --out path")
+    return path
+
+
+def _write_model(path: Path, data: bytes) -> None:
+    """Write a model atomically; an OSError becomes one line that names ``--out``."""
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as err:
+        raise OSError(f"--out {path}: cannot write it ({err.strerror or err}); choose a folder "
+                      "you can write to, with free space") from None
+
+
 def extend(base_path: str | Path, texts: Sequence[str], lang: str, n_add: int,
            out_path: str | Path, *, naive: bool = False, corpus_name: str = "--corpus",
+           overwrite: bool = True, inputs: dict[str, str | Path | None] | None = None,
            ) -> ExtendReport:
     """Append target-language pieces to a base SentencePiece model.
 
@@ -241,15 +374,22 @@ def extend(base_path: str | Path, texts: Sequence[str], lang: str, n_add: int,
         out_path: where to write the extended ``.model`` (atomically).
         naive: build the naive variant (coverage 0.9995, no single characters, no fallback).
         corpus_name: how to name the corpus in error messages.
+        overwrite: replace an existing ``out_path`` (never ``base_path`` or an input).
+        inputs: other input files by flag (``{"--corpus": path}``) that ``out_path`` must not be.
 
     Returns:
-        An :class:`ExtendReport`.
+        An :class:`ExtendReport`. Lines longer than SentencePiece trains on are left out of
+        training (their characters still become fallback pieces) and counted.
 
     Raises:
-        ValueError: empty corpus, no target-script text, ``n_add`` below the fallback set,
-            or a base model type other than unigram/BPE.
+        ValueError: ``out_path`` is an input, a folder, or under a file; empty corpus, no
+            target-script text, ``n_add`` below 1 or the fallback set, an incomplete base, or
+            a base model type other than unigram/BPE.
     """
     start = time.perf_counter()
+    check_lang(lang)
+    check_vocab_size(n_add)
+    out_path = check_extend_output(out_path, base_path, overwrite=overwrite, inputs=inputs)
     base = load_proto(base_path, "--base")
     kind = model_type(base)
     if kind not in ("unigram", "bpe"):
@@ -263,8 +403,15 @@ def extend(base_path: str | Path, texts: Sequence[str], lang: str, n_add: int,
     if n_script == 0:
         raise ValueError(f"{corpus_name}: no {script} text in the corpus for lang={lang!r}; "
                          "pass text in the target language (e.g. HornMT amh.txt)")
-    if n_add <= 0:
-        raise ValueError(f"--vocab-size must be positive, got {n_add}")
+    train_lines, n_long = trainable_lines(lines, corpus_name)
+    notes = []
+    if n_long:
+        notes.append(f"skipped {n_long} of {len(lines)} lines longer than {MAX_SENTENCE_BYTES} bytes "
+                     "in training (SentencePiece's max_sentence_length); their characters are kept "
+                     "as fallback pieces")
+    if lang not in SCRIPT_OF_LANG and lang not in corpus.LANGS:
+        notes.append(f"--lang {lang!r} is not one this course knows; the target script "
+                     f"({script}) was taken from the corpus")
 
     known = base_alphabet(base)
     in_base = {p.piece for p in base.pieces}
@@ -275,9 +422,10 @@ def extend(base_path: str | Path, texts: Sequence[str], lang: str, n_add: int,
                          f"characters of the {script} script and corpus are missing from the base; "
                          f"use --vocab-size >= {len(fallback)}")
 
-    target = train_sentencepiece(lines, vocab_size=max(n_add, 64) if not naive else n_add, model=kind,
-                                 character_coverage=0.9995 if naive else 1.0,
-                                 normalization=base.normalizer_spec.name or "nmt_nfkc")
+    target = train_sentencepiece(train_lines, vocab_size=max(n_add, 64) if not naive else n_add,
+                                 model=kind, character_coverage=0.9995 if naive else 1.0,
+                                 normalization=base.normalizer_spec.name or "nmt_nfkc",
+                                 grow_to_fit=True)
     skipped_base = skipped_alphabet = 0
     learned: list[tuple[str, float]] = []
     fallback_set = set(fallback)
@@ -300,24 +448,28 @@ def extend(base_path: str | Path, texts: Sequence[str], lang: str, n_add: int,
         scored = [(p, min_score - 1.0 - rank) for rank, (p, _) in enumerate(learned)]
     floor = min((s for _, s in scored), default=min_score - 1.0) - 1.0
     pieces = scored + [(ch, floor) for ch in fallback]
+    if not pieces:
+        why = (f"the base already encodes every character of {corpus_name}; an extension adds only "
+               "pieces holding a character the base lacks" if not corpus_chars else
+               f"no piece learned at --vocab-size {n_add} holds a character the base lacks; "
+               "use a larger --vocab-size")
+        raise ValueError(f"{corpus_name}: nothing to add: {why}")
 
     extended = _append(base, pieces)
     dropped = unreachable_pieces(extended, len(base.pieces))
-    notes = []
     if dropped:
         drop = set(dropped)
         pieces = [pc for i, pc in enumerate(pieces) if len(base.pieces) + i not in drop]
         extended = _append(base, pieces)
         notes.append(f"dropped {len(dropped)} learned pieces that never win a segmentation")
-    data = extended.SerializeToString()
-    write_bytes_atomic(out_path, data)
+    _write_model(out_path, extended.SerializeToString())
     return ExtendReport(
         base=str(base_path), out=str(out_path), lang=lang, script=script, model_type=kind,
         naive=naive, n_base=len(base.pieces), n_added=len(pieces), n_fallback=len(fallback),
         n_learned=len(pieces) - len(fallback), n_skipped_in_base=skipped_base,
         n_skipped_base_alphabet=skipped_alphabet, n_dropped_unreachable=len(dropped),
         min_base_score=min_score, seconds=round(time.perf_counter() - start, 3),
-        sha256=sha256_file(out_path), notes=notes)
+        sha256=sha256_file(out_path), n_skipped_long_lines=n_long, notes=notes)
 
 
 # ----------------------------------------------------------------------------- verification
@@ -370,8 +522,17 @@ def verify(base_path: str | Path, extended_path: str | Path, target_texts: Seque
         max_examples: how many failing examples to list per check.
 
     Returns:
-        A JSON-ready dict; ``ok`` is True only when every check passes.
+        A JSON-ready dict; ``ok`` is True only when every check passes (an ``--extended``
+        that adds nothing, or is not an extension of the base, fails with its reason).
+
+    Raises:
+        ValueError: a bad code, ``embedding_rows < 1``, a model that is missing, not a model
+            or incomplete, or no target line.
     """
+    check_lang(lang)
+    check_lang(base_lang, "--base-lang")
+    if embedding_rows is not None:
+        check_vocab_size(embedding_rows, "--embedding-rows")
     base = load_proto(base_path, "--base")
     ext = load_proto(extended_path, "--extended")
     sp_base, sp_ext = processor(base), processor(ext)
@@ -383,8 +544,15 @@ def verify(base_path: str | Path, extended_path: str | Path, target_texts: Seque
                   != (ext.pieces[i].piece, ext.pieces[i].score, ext.pieces[i].type)]
     same_normalizer = base.normalizer_spec.SerializeToString() == ext.normalizer_spec.SerializeToString()
     base_ids_stable = n_ext >= n_base and not mismatches and same_normalizer
+    if n_ext == n_base and not mismatches and same_normalizer:
+        problems.append(f"nothing was added: --extended has the same {n_base} pieces as --base "
+                        "(is it the base itself?); pass the model `tokenizer extend --out` wrote")
     if n_ext < n_base:
         problems.append(f"--extended has {n_ext} pieces, fewer than the base's {n_base}")
+    if mismatches:
+        problems.append(f"--extended does not extend --base: {len(mismatches)} of the first "
+                        f"{min(n_base, n_ext)} base pieces differ (first at id {mismatches[0]}); "
+                        "extend this base, or pass the base it was extended from")
     for i in mismatches[:max_examples]:
         b, e = base.pieces[i], ext.pieces[i]
         problems.append(f"--extended: piece {i} changed: base ({b.piece!r}, {b.score}, {b.type}) "
@@ -489,6 +657,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ext.add_argument("--out", required=True, help="extended .model to write")
     ext.add_argument("--lang", default=None, help="ISO 639-3 code of the corpus (default: --corpus code, else amh)")
     ext.add_argument("--naive", action="store_true", help="build the naive variant on purpose (chapter 1)")
+    ext.add_argument("--overwrite", action="store_true",
+                     help="replace an existing --out file (never --base or --corpus)")
     ext.add_argument("--json", action="store_true", help="print the report as JSON")
 
     ver = sub.add_parser("verify", help="check an extended model against its base")
@@ -509,17 +679,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--model-type", choices=["unigram", "bpe"], default="bpe")
     tr.add_argument("--lang", default=None)
     tr.add_argument("--out", required=True)
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def train_base(texts: Sequence[str], lang: str, vocab_size: int, out_path: str | Path,
-               model: str = "bpe") -> Path:
-    """Train a plain tokenizer on normalised text and write it atomically (the English base)."""
+               model: str = "bpe", *, overwrite: bool = True,
+               inputs: dict[str, str | Path | None] | None = None) -> Path:
+    """Train a plain tokenizer on normalised text and write it atomically (the English base).
+
+    Raises:
+        ValueError: ``out_path`` is an input, a folder, under a file, or exists without
+            ``overwrite``; bad code or size; an empty corpus or one of over-long lines only.
+    """
+    check_lang(lang)
+    check_vocab_size(vocab_size)
+    path = check_output_file(out_path, "--out", inputs)
+    if path.exists() and not overwrite:
+        raise ValueError(f"--out {path} already exists; pass --overwrite to replace it, or choose "
+                         "another --out path")
     lines = [t for t in (normalize(x, lang) for x in texts) if t]
     if not lines:
         raise ValueError("--corpus: the corpus is empty")
     proto = train_sentencepiece(lines, vocab_size, model)
-    write_bytes_atomic(out_path, proto.SerializeToString())
-    return Path(out_path)
+    _write_model(path, proto.SerializeToString())
+    return path
 
 
 def print_verify(report: dict) -> None:
@@ -541,20 +724,44 @@ def print_verify(report: dict) -> None:
         print(f"  problem: {problem}")
 
 
+def _file_input(source: str) -> str | None:
+    """``source`` when it names a file (an output must not replace it), None for a HornMT code."""
+    return source if Path(source).exists() or source not in corpus.LANGS else None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the tokenizer CLI; ``verify`` exits 0 exactly when the report is ok."""
+    """Run the tokenizer CLI; ``verify`` exits 0 exactly when the report is ok.
+
+    Inputs are checked before any work: codes, sizes and ``--out`` first, then the files.
+    """
     if args.command == "extend":
+        if args.lang is not None:
+            check_lang(args.lang)
+        check_vocab_size(args.vocab_size)
+        inputs = {"--corpus": _file_input(args.corpus)}
+        check_extend_output(args.out, args.base, overwrite=args.overwrite, inputs=inputs)
+        load_proto(args.base, "--base")  # before reading a large corpus
         texts, code = read_texts(args.corpus, "train", "--corpus")
         lang = args.lang or code or "amh"
-        report = extend(args.base, texts, lang, args.vocab_size, args.out, naive=args.naive)
+        report = extend(args.base, texts, lang, args.vocab_size, args.out, naive=args.naive,
+                        overwrite=args.overwrite, inputs=inputs)
         if args.json:
             print(json.dumps(asdict(report), ensure_ascii=False))
         else:
             print(f"wrote {report.out}: {report.n_base} base + {report.n_added} added pieces "
                   f"({report.n_learned} learned, {report.n_fallback} fallback characters) "
                   f"in {report.seconds:.1f} s")
+            for note in report.notes:
+                print(f"  note: {note}")
         return 0
     if args.command == "verify":
+        for flag, value in (("--lang", args.lang), ("--base-lang", args.base_lang)):
+            if value is not None:
+                check_lang(value, flag)
+        if args.embedding_rows is not None:
+            check_vocab_size(args.embedding_rows, "--embedding-rows")
+        load_proto(args.base, "--base")
+        load_proto(args.extended, "--extended")
         texts, code = read_texts(args.text, "test", "--text")
         base_texts, base_code = read_texts(args.base_text, "test", "--base-text")
         report = verify(args.base, args.extended, texts, args.lang or code or "amh", base_texts,
@@ -564,8 +771,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             print_verify(report)
         return 0 if report["ok"] else 1
+    if args.lang is not None:
+        check_lang(args.lang)
+    check_vocab_size(args.vocab_size)
+    inputs = {"--corpus": _file_input(args.corpus)}
+    check_output_file(args.out, "--out", inputs)
     texts, code = read_texts(args.corpus, "train", "--corpus")
-    path = train_base(texts, args.lang or code or "eng", args.vocab_size, args.out, args.model_type)
+    path = train_base(texts, args.lang or code or "eng", args.vocab_size, args.out, args.model_type,
+                      overwrite=args.overwrite, inputs=inputs)
     print(path)
     return 0
 

@@ -140,13 +140,22 @@ def test_drift_numbers(grown):
     rel = torch.tensor([0.005] * 30 + [0.1] * 30)
     trained = move_new_rows(sd, BASE, NEW, rel)
     out = dg.drift(trained, sd, BASE)
-    for key in KEYS:
+    for key in KEYS[:2]:                                  # rows: relative to the initial norm
         new = out["tables"][key]["new"]
         assert new["rows"] == NEW - BASE
         assert new["share_below_1pct"] == pytest.approx(0.5)
         assert new["max"] == pytest.approx(0.1, rel=1e-4)
         assert new["min"] == pytest.approx(0.005, rel=1e-3)
+        assert new["beyond_decay"]["share_below_1pct"] == pytest.approx(0.5)
         assert out["tables"][key]["base"]["changed_rows"] == 0
+    bias = out["tables"][KEYS[2]]                         # bias: absolute change / base RMS
+    b0 = sd[KEYS[2]].double()
+    scale = float(b0[:BASE].pow(2).mean().sqrt())
+    expected = (rel.double() * b0[BASE:NEW].abs() / scale).numpy()
+    assert bias["scale"] == pytest.approx(scale) and "RMS" in bias["relative_to"]
+    assert bias["new"]["max"] == pytest.approx(expected.max(), rel=1e-4)
+    assert bias["new"]["median"] == pytest.approx(np.median(expected), rel=1e-4)
+    assert bias["base"]["changed_rows"] == 0
     trained["text_embedding.weight"][7] *= 0.99
     assert dg.drift(trained, sd, BASE)["tables"][KEYS[0]]["base"]["changed_rows"] == 1
     with pytest.raises(ValueError, match="init snapshot has"):

@@ -389,7 +389,8 @@ def test_exact_without_optimizer_explains_itself():
     model = Tiny()
     handle = freeze_base_rows(model, 12)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    train(model, opt, 2)
+    with pytest.warns(UserWarning, match=r"handle\.attach\(optimizer\)"):
+        train(model, opt, 2)
     with pytest.raises(FrozenRowsChanged, match="no optimizer was attached"):
         handle.verify()
     handle.restore()  # usable by hand for optimizers outside torch.optim
