@@ -29,8 +29,29 @@ REQUIRED_KEYS = ("id", "lang", "text", "text_ids", "codes", "n_text", "n_codes")
 
 
 # ------------------------------------------------------------------------ reading, writing
+class Manifest(list):
+    """The rows of a manifest (a plain list of dicts) with where each came from.
+
+    Attributes:
+        path: the manifest file.
+        lines: the 1-based line number of each row (blank lines are skipped), so later checks
+            can say ``file line N``.
+    """
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), path: str | os.PathLike = "",
+                 lines: Sequence[int] = ()) -> None:
+        super().__init__(rows)
+        self.path = Path(path)
+        self.lines = list(lines)
+
+    def where(self, index: int) -> str:
+        """Return ``manifest <path> line <n>`` for row ``index``."""
+        line = self.lines[index] if index < len(self.lines) else "?"
+        return f"manifest {self.path} line {line}"
+
+
 def read_manifest(path: str | os.PathLike, required: Sequence[str] = REQUIRED_KEYS,
-                  allow_empty: bool = False) -> list[dict[str, Any]]:
+                  allow_empty: bool = False) -> Manifest:
     """Read a JSONL manifest, checking every row.
 
     Args:
@@ -39,23 +60,35 @@ def read_manifest(path: str | os.PathLike, required: Sequence[str] = REQUIRED_KE
         allow_empty: return ``[]`` for a manifest without rows instead of raising.
 
     Returns:
-        The rows, in file order (blank lines are skipped).
+        The rows, in file order (blank lines are skipped), as a :class:`Manifest` (a list
+        that also knows each row's line number).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a line is not a JSON object, lacks a key, or has ``n_text`` / ``n_codes``
-            that disagree with its lists (the message names the file and line); or the file
-            has no rows and ``allow_empty`` is false.
+        ValueError: the path is a folder; a line is not UTF-8 or not a JSON object, lacks a
+            key, has ``text_ids`` / ``codes`` that are not lists of integers >= 0, or has
+            ``n_text`` / ``n_codes`` that disagree with its lists (the message names the file
+            and line); or the file has no rows and ``allow_empty`` is false.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"manifest {path} is a folder; give the JSONL file (e.g. "
+                         f"{path / 'train.jsonl'})")
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
+    rows, lines = [], []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            where = f"manifest {path} line {number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{where}: not UTF-8 (byte {err.start + 1} of the line is "
+                    f"{raw[err.start:err.start + 1]!r}); convert the file, e.g. "
+                    "`iconv -f LATIN1 -t UTF-8 in.jsonl > out.jsonl`") from None
             if not line.strip():
                 continue
-            where = f"manifest {path} line {number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
@@ -68,19 +101,29 @@ def read_manifest(path: str | os.PathLike, required: Sequence[str] = REQUIRED_KE
                 raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
             _check_lists(row, where)
             rows.append(row)
+            lines.append(number)
     if not rows and not allow_empty:
         raise ValueError(f"manifest {path} has no rows (is it the right file? was it built?)")
-    return rows
+    return Manifest(rows, path, lines)
 
 
 def _check_lists(row: dict[str, Any], where: str) -> None:
-    """Check that ``text_ids`` / ``codes`` are int lists matching ``n_text`` / ``n_codes``."""
+    """Check that ``text_ids`` / ``codes`` are lists of integers >= 0 matching their counts."""
     for key, count in (("text_ids", "n_text"), ("codes", "n_codes")):
         if key not in row:
             continue
         values = row[key]
-        if not isinstance(values, list) or not all(type(v) is int for v in values):
-            raise ValueError(f"{where}: {key} must be a list of integers")
+        if not isinstance(values, list):
+            raise ValueError(f"{where}: {key} must be a list of integers, got "
+                             f"{type(values).__name__}")
+        for i, value in enumerate(values):
+            if type(value) is not int:
+                raise ValueError(f"{where}: {key}[{i}] = {json.dumps(value)} is not an integer "
+                                 f"({key} must be a list of integers)")
+            if value < 0:
+                what = "code" if key == "codes" else "text id"
+                raise ValueError(f"{where}: {what} {value} at {key}[{i}] is negative (ids and "
+                                 "codes are table indices, >= 0); rebuild the manifest")
         if count in row and row[count] != len(values):
             raise ValueError(f"{where}: {count}={row[count]} but {key} has {len(values)} items")
 
@@ -265,13 +308,25 @@ def check_manifest(manifest: str | os.PathLike, codebook: Any = None,
 
     Raises:
         FileNotFoundError: the manifest has no sidecar (build it with :func:`build_manifest`).
-        ValueError: K, codebook hash or tokenizer sha256 differ; the message names both values.
+        ValueError: the sidecar is damaged; or K, codebook hash or tokenizer sha256 differ (the
+            message names both values).
     """
     meta_file = meta_path(manifest)
     if not meta_file.is_file():
         raise FileNotFoundError(f"{manifest}: no {meta_file.name} beside it; rebuild the manifest "
                                 "with amhelpers.data.build_manifest")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except ValueError as err:  # not UTF-8 or not JSON
+        raise ValueError(f"{meta_file} is damaged ({type(err).__name__}); delete it and the "
+                         f"manifest {manifest}, then rebuild them") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file} is damaged (a JSON {type(meta).__name__}, not an object); "
+                         f"delete it and the manifest {manifest}, then rebuild them")
+    missing = [k for k in ("k", "codec", "tokenizer_sha256") if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_file} lacks {', '.join(missing)}; delete it and the manifest "
+                         f"{manifest}, then rebuild them")
     if codebook is not None:
         if meta["k"] != codebook.k:
             raise ValueError(f"{manifest}: built with a K={meta['k']} codebook, but the codebook "

@@ -75,6 +75,11 @@ def profile(name: str | None = None) -> Profile:
     return PROFILES[name]
 
 
+# The quick profile's test split holds 5 x eval_phrases = 30 phrases; tests judge generation on
+# all of them (a correlation over 6 points is noise).
+TEST_PHRASES_QUICK = 30
+
+
 def folder(p: Profile) -> Path:
     """Return ``$AMHELPERS_HOME/embedded/<profile>``."""
     path = settings.home() / "embedded" / p.name
@@ -187,12 +192,16 @@ def base_model(p: Profile | None = None, progress: bool = True) -> Path:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(key_file, key)  # an interrupted run of these settings resumes
+    resume = "auto" if latest_checkpoint(run_dir) else None
     cfg = TrainConfig(
         train_manifest=str(train_manifest), val_manifest=str(val_manifest),
         tokenizer=str(tok), output_dir=str(run_dir), learning_rate=p.learning_rate,
         warmup_steps=p.warmup_steps, max_steps=p.pretrain_steps,
         batch_size=p.pretrain_batch_size, val_every=p.val_every, save_every=p.pretrain_steps,
-        seed=p.seed, progress=progress, resume="auto" if latest_checkpoint(run_dir) else None,
+        seed=p.seed, progress=progress, resume=resume,
+        # no checkpoint yet: the folder is new, or this key's run was killed before its first
+        # save (its config.json / metrics.jsonl are ours to replace)
+        overwrite=resume is None,
         guided_attention_weight=p.guided_attention_weight,
         model={"number_mel_codes": p.codebook_k + 2})
     result = train(cfg)

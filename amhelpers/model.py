@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,13 @@ class MiniVoiceConfig:
         if self.stop_mel_token is None:
             self.stop_mel_token = self.number_mel_codes - 1
         problems = []
+        for name in ("model_dim", "layers", "heads", "ff_mult", "max_text_tokens",
+                     "max_mel_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                problems.append(f"{name}={value} must be a positive integer")
+        if problems:  # the checks below divide by heads and compare sizes
+            raise ValueError("MiniVoiceConfig: " + "; ".join(problems))
         if self.number_text_tokens < 2:
             problems.append(f"number_text_tokens={self.number_text_tokens} must be >= 2")
         if self.number_mel_codes < 3:
@@ -89,7 +98,7 @@ class MiniVoiceConfig:
                 problems.append(f"{name}={getattr(self, name)} is outside [0, number_mel_codes)")
         if self.model_dim % self.heads:
             problems.append(f"model_dim={self.model_dim} is not divisible by heads={self.heads}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # also false for NaN
             problems.append(f"dropout={self.dropout} must be in [0, 1)")
         if problems:
             raise ValueError("MiniVoiceConfig: " + "; ".join(problems))
@@ -646,19 +655,54 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a MiniVoice checkpoint.
+        ValueError: the path is a folder, or the file is not a (complete) MiniVoice checkpoint;
+            the message names the file and says what it holds instead.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder; give a checkpoint file such as "
+                         f"{path / 'ckpt_00001000.pt'}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or a legacy pickle
+        raise ValueError(f"checkpoint {path} cannot be read: {_describe_head(head)}, not a torch "
+                         "checkpoint; give a .pt file written by `python -m amhelpers train`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise ValueError(f"checkpoint {path} cannot be read: {err}") from None
+    except pickle.UnpicklingError as err:  # a pickle of other objects than tensors and dicts
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = (f"it pickles {found.group(1)}" if found else
+                (str(err).strip().splitlines() or [type(err).__name__])[0])
+        raise ValueError(f"checkpoint {path} cannot be read: {what}, which a safe (weights-only) "
+                         "load refuses; it is not a MiniVoice checkpoint") from None
+    except Exception as err:  # noqa: BLE001 (a damaged zip or pickle raises many types)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"checkpoint {path} cannot be read: it is truncated or damaged "
+                         f"({type(err).__name__}"
+                         f"{': ' + first if first else ''}); was its copy or download "
+                         "interrupted? use another checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a MiniVoice checkpoint (no format {CHECKPOINT_FORMAT!r}); "
                          "a real IndexTTS2 gpt.pth is read by amhelpers.checkpoint")
     return payload
+
+
+def _describe_head(head: bytes) -> str:
+    """Say what the first bytes of a file that is not a torch file look like."""
+    if not head:
+        return "the file is empty"
+    for cut in range(4):  # the 64 bytes may end inside a multi-byte character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return f"it starts with bytes {head[:8]!r}"
+    first = text.strip().splitlines()[0][:40] if text.strip() else text[:40]
+    return f"it is a text file (starts with {first!r})"
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[MiniVoice, dict[str, Any]]:

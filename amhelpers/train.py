@@ -14,11 +14,22 @@ What a run does:
 - length-bucketed batches (:class:`amhelpers.data.LengthBucketBatches`, sorted by
   ``n_text + n_codes``: the model packs text and codes into one sequence), seeded;
 - validation every ``val_every`` steps (token-weighted mean losses over the val manifest);
-- checkpoints ``ckpt_00001000.pt`` written atomically, the last ``keep_last`` kept, and
-  ``latest.json`` pointing at the newest; each holds the model, optimizer, scheduler, RNG
-  states and data position, so ``--resume`` continues bit-exactly where the run stopped;
+- checkpoints ``ckpt_00001000.pt`` written atomically, the last ``keep_last`` kept (by step;
+  the one just written never goes), and ``latest.json`` pointing at the newest; each holds the
+  model, optimizer, scheduler, RNG states and data position, so ``--resume`` continues
+  bit-exactly where the run stopped;
 - ``metrics.jsonl`` (one row per log, ``split`` = ``train`` or ``val``), TensorBoard scalars
   under ``tb/``, and a tqdm progress bar.
+
+The run folder is guarded: one run at a time holds ``<output-dir>/.lock`` (an ``flock``, which
+the OS releases even when the run is killed), temporary files left by killed atomic writes are
+removed at start, and a run never replaces another run's files (a fresh run in a folder holding
+``config.json``, ``metrics.jsonl`` or checkpoints, a resume from elsewhere into such a folder,
+or a resume from an older checkpoint than the folder's newest) unless ``--overwrite`` is given.
+
+This module is longer than 500 lines because the loop, its config (one field per CLI flag,
+checked in one place) and the run-folder rules above are one unit: each rule is a few lines
+that only the loop uses.
 
 Later chapters plug in without rewriting the loop: ``param_groups_fn(model, cfg)`` builds the
 optimizer's parameter groups (freezing, per-group learning rates), ``on_start(model,
@@ -29,15 +40,17 @@ optimizer, step)`` runs once before the first step (e.g. to attach a freeze hand
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
+import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,9 +60,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from amhelpers.data import LengthBucketBatches, collate, read_manifest
+from amhelpers.data import LengthBucketBatches, Manifest, collate, read_manifest
 from amhelpers.freeze import freeze_base_rows
-from amhelpers.io import atomic_write, sha256_file
+from amhelpers.io import atomic_write, check_output_dir, same_file, sha256_file
 from amhelpers.model import (
     CheckpointMismatchError,
     MiniVoice,
@@ -61,6 +74,12 @@ from amhelpers.optim import StagedSchedule, param_groups
 from amhelpers.settings import home
 
 CHECKPOINT_GLOB = "ckpt_*.pt"
+CHECKPOINT_NAME = re.compile(r"ckpt_(\d+)\.pt")
+"""A checkpoint the trainer wrote and may prune: ``ckpt_<step>.pt`` (other names are kept)."""
+RUN_FILES = ("config.json", "metrics.jsonl", "latest.json")
+"""Files of a run besides its checkpoints; a fresh run refuses a folder holding any of them."""
+TEMP_FILE = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+"""The name :func:`amhelpers.io.atomic_write` gives its temporary file: ``.<name>.<random>.tmp``."""
 
 ParamGroupsFn = Callable[[MiniVoice, "TrainConfig"], list[dict[str, Any]]]
 StepHook = Callable[[MiniVoice, torch.optim.Optimizer, int], None]
@@ -114,6 +133,10 @@ class TrainConfig:
     init_checkpoint: str | None = _opt("start from these weights (and their model config) with "
                                        "a fresh optimizer at step 0; ignored when resuming",
                                        type=str)
+    overwrite: bool = _opt("replace the run already in --output-dir: a fresh run deletes its "
+                           "checkpoints and latest.json and rewrites config.json and "
+                           "metrics.jsonl; a resume deletes its checkpoints newer than the one "
+                           "resumed. Without it such a run is refused", default=False)
     seed: int = _opt("seed of initialisation, batches and dropout", default=0, type=int)
     freeze_base_rows: int | None = _opt(
         "keep rows [0, N) of text_embedding/text_head frozen (chapter 4); default: no freeze",
@@ -135,27 +158,58 @@ class TrainConfig:
                 "number_mel_codes from the tokenizer and manifests)"})
 
     def check(self) -> None:
-        """Raise ValueError for settings that cannot work."""
+        """Raise ValueError naming the flag of every setting that cannot work."""
         if not self.train_manifest:
             raise ValueError("--train-manifest is required")
-        positive = ("batch_size", "max_steps", "log_every", "save_every", "keep_last",
-                    "bucket_window")
-        bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
-        bad += [f"{name}={getattr(self, name)}" for name in
-                ("learning_rate", "warmup_steps", "weight_decay", "grad_clip", "val_every",
-                 "text_loss_weight", "mel_loss_weight", "guided_attention_weight")
-                if getattr(self, name) < 0]
-        if self.guided_attention_sigma <= 0:
-            bad.append(f"guided_attention_sigma={self.guided_attention_sigma}")
+        bad = []
+        for name in ("batch_size", "max_steps", "log_every", "save_every", "keep_last",
+                     "bucket_window"):
+            if not _is_int(getattr(self, name), minimum=1):
+                bad.append(f"{_flag(name)}={getattr(self, name)} (must be a whole number >= 1)")
+        for name in ("warmup_steps", "val_every", "new_rows_only_steps"):
+            if not _is_int(getattr(self, name), minimum=0):
+                bad.append(f"{_flag(name)}={getattr(self, name)} (must be a whole number >= 0)")
+        if self.freeze_base_rows is not None and not _is_int(self.freeze_base_rows, minimum=1):
+            bad.append(f"--freeze-base-rows={self.freeze_base_rows} (must be positive: the "
+                       "number of base rows to keep)")
+        if not _is_int(self.seed, minimum=0) or self.seed >= 2 ** 32:
+            bad.append(f"--seed={self.seed} (must be a whole number in [0, 2**32))")
+        for name in ("learning_rate", "weight_decay", "grad_clip", "text_loss_weight",
+                     "mel_loss_weight", "guided_attention_weight", "new_row_lr"):
+            value = getattr(self, name)
+            if value is not None and not _is_number(value, minimum=0.0):
+                bad.append(f"{_flag(name)}={value} (must be a finite number >= 0)")
+        if not _is_number(self.guided_attention_sigma, minimum=0.0, strict=True):
+            bad.append(f"--guided-attention-sigma={self.guided_attention_sigma} (must be a "
+                       "finite number > 0)")
+        if self.max_minutes is not None and not _is_number(self.max_minutes, 0.0, strict=True):
+            bad.append(f"--max-minutes={self.max_minutes} (must be a finite number > 0; omit "
+                       "it for no time limit)")
+        for name, allowed in (("freeze_mode", ("exact", "hook")), ("decay", ("all", "weights"))):
+            if getattr(self, name) not in allowed:
+                bad.append(f"{_flag(name)}={getattr(self, name)!r} (choose one of "
+                           f"{', '.join(allowed)})")
         if bad:
-            raise ValueError("train settings out of range: " + ", ".join(bad))
+            raise ValueError("train settings out of range: " + "; ".join(bad))
         known = {f.name for f in dataclasses.fields(MiniVoiceConfig)}
-        if self.freeze_base_rows is not None and self.freeze_base_rows <= 0:
-            raise ValueError(f"--freeze-base-rows must be positive, got {self.freeze_base_rows}")
-        if self.new_rows_only_steps < 0:
-            raise ValueError(f"--new-rows-only-steps must be >= 0, got {self.new_rows_only_steps}")
         if set(self.model) - known:
             raise ValueError(f"unknown model field(s) {sorted(set(self.model) - known)}")
+
+
+def _flag(name: str) -> str:
+    """The CLI flag of a TrainConfig field: ``max_minutes`` -> ``--max-minutes``."""
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any, minimum: float, strict: bool = False) -> bool:
+    """True for a finite int or float >= ``minimum`` (> with ``strict``); False for NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > minimum if strict else value >= minimum
 
 
 # --------------------------------------------------------------------------- the schedule
@@ -215,6 +269,18 @@ def _model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- checkpoints
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step in a trainer checkpoint's name (``ckpt_00000400.pt`` -> 400), else None."""
+    match = CHECKPOINT_NAME.fullmatch(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The trainer's checkpoints in a run folder as ``(step, path)``, oldest step first."""
+    found = [(checkpoint_step(p), p) for p in Path(output_dir).glob(CHECKPOINT_GLOB)]
+    return sorted((step, p) for step, p in found if step is not None and p.is_file())
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """Return the newest checkpoint of a run folder (``latest.json``, else the highest step)."""
     output_dir = Path(output_dir)
@@ -225,13 +291,115 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
             return path
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    found = sorted(output_dir.glob(CHECKPOINT_GLOB))
-    return found[-1] if found else None
+    found = checkpoints(output_dir)
+    return found[-1][1] if found else None
 
 
-def _prune(output_dir: Path, keep_last: int) -> None:
-    for old in sorted(output_dir.glob(CHECKPOINT_GLOB))[:-keep_last]:
+def _prune(output_dir: Path, keep_last: int, current: Path) -> None:
+    """Keep ``current`` and the ``keep_last - 1`` other checkpoints of highest step."""
+    others = [p for _, p in checkpoints(output_dir) if p.name != current.name]
+    for old in others[:max(0, len(others) - (keep_last - 1))]:
         old.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------- the run folder
+class RunFolderBusyError(RuntimeError):
+    """Another run holds the lock of the output folder."""
+
+
+@contextlib.contextmanager
+def lock_output_dir(output_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``<output_dir>/.lock`` (``fcntl.flock``) for the duration of a run.
+
+    The OS drops the lock when the process ends in any way (even ``kill -9``), so it is never
+    stale; the file itself stays and only holds the PID of the last holder. Where ``fcntl`` is
+    missing (Windows) or the file system has no locks, the run goes on unlocked.
+
+    Raises:
+        RunFolderBusyError: another process holds the lock; the message names the folder and
+            that process's PID.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield Path(output_dir) / ".lock"
+        return
+    path = Path(output_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise RunFolderBusyError(
+                f"--output-dir {output_dir} is in use by another run (PID {holder}, holding "
+                f"{path}); wait for it to finish or stop it, or choose another --output-dir"
+            ) from None
+        except OSError as err:  # e.g. ENOLCK on a network file system
+            warnings.warn(f"cannot lock {path} ({err.strerror}); make sure no other run writes "
+                          "to this folder", stacklevel=4)
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temp_files(output_dir: str | os.PathLike) -> int:
+    """Delete the temporary files that killed atomic writes left in ``output_dir``.
+
+    Only names :func:`amhelpers.io.atomic_write` makes (``.<name>.<random>.tmp``) directly in
+    the folder are removed; call it while holding :func:`lock_output_dir`, so no live write of
+    a run is among them. Says on stderr how many were removed.
+
+    Returns:
+        The number of files removed.
+    """
+    output_dir = Path(output_dir)
+    removed, size = 0, 0
+    for path in output_dir.iterdir():
+        if TEMP_FILE.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+            size += path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        print(f"train: removed {removed} temporary file(s) ({size / 1e6:.1f} MB) that an "
+              f"interrupted run left in {output_dir}", file=sys.stderr)
+    return removed
+
+
+def _folder_conflict(output_dir: Path, resume_path: Path | None, resume_step: int,
+                     auto: bool) -> tuple[str, list[Path]]:
+    """What this run would replace of another run in ``output_dir``.
+
+    Returns:
+        ``(why, files)``: an empty ``why`` when nothing would be replaced; else the reason to
+        refuse without ``--overwrite``, and the files ``--overwrite`` deletes.
+    """
+    found = checkpoints(output_dir)
+    if resume_path is not None and same_file(resume_path.parent, output_dir):
+        newer = [p for step, p in found if step > resume_step]
+        if not newer:
+            return "", []
+        return (f"--output-dir {output_dir} holds {len(newer)} checkpoint(s) newer than the one "
+                f"resumed (step {resume_step}): {', '.join(p.name for p in newer[:4])}; "
+                f"continuing from step {resume_step} would replace them and their metrics. Pass "
+                "--overwrite to continue from there and delete them, or resume the newest "
+                f"(--resume {newer[-1]})"), newer
+    present = [name for name in RUN_FILES if (output_dir / name).exists()]
+    if found:
+        present.append(f"{len(found)} checkpoint(s), newest {found[-1][1].name}")
+    if not present or (resume_path is None and auto):  # resume auto without a checkpoint
+        return "", []
+    files = [p for _, p in found] + [p for p in [output_dir / "latest.json"] if p.exists()]
+    if resume_path is None:
+        return (f"--output-dir {output_dir} already holds another run ({', '.join(present)}): "
+                "pass --resume auto to continue it, --overwrite to replace it (its checkpoints "
+                "are deleted), or choose a new --output-dir"), files
+    return (f"--output-dir {output_dir} holds another run ({', '.join(present)}), not the run "
+            f"of --resume {resume_path}: pass --overwrite to replace that run (its checkpoints "
+            "are deleted), or choose a new --output-dir"), files
 
 
 def _rng_state() -> dict[str, Any]:
@@ -253,56 +421,99 @@ def _as_tuple(value: Any) -> Any:
 
 # ------------------------------------------------------------------------- model and data
 def _resolve_model_config(cfg: TrainConfig, base: dict[str, Any] | None,
-                          rows: list[dict[str, Any]]) -> MiniVoiceConfig:
-    """The run's model config: ``base`` (a checkpoint's) or inferred, plus ``cfg.model``."""
-    if base is not None:
-        return MiniVoiceConfig.from_dict({**base, **cfg.model})
-    values = dict(cfg.model)
-    if "number_text_tokens" not in values:
-        if cfg.tokenizer:
-            values["number_text_tokens"] = _tokenizer_size(cfg.tokenizer)
+                          rows: list[dict[str, Any]], tokenizer_size: int | None
+                          ) -> MiniVoiceConfig:
+    """The run's model config: ``base`` (a checkpoint's) or inferred, plus ``cfg.model``.
+
+    Raises:
+        ValueError: a model flag out of range, or ``--number-text-tokens`` that differs from
+            the ``--tokenizer``'s size.
+    """
+    values = {**base, **cfg.model} if base is not None else dict(cfg.model)
+    if base is None and "number_text_tokens" not in values:
+        if tokenizer_size is not None:
+            values["number_text_tokens"] = tokenizer_size
         else:
             values["number_text_tokens"] = max(2, 1 + max(max(r["text_ids"], default=1)
                                                            for r in rows))
             warnings.warn("no --tokenizer: number_text_tokens inferred from the manifests as "
                           f"{values['number_text_tokens']} (give --tokenizer to size the text "
-                          "tables by the vocabulary)", stacklevel=3)
-    if "number_mel_codes" not in values:
+                          "tables by the vocabulary)", stacklevel=4)
+    elif base is None and tokenizer_size not in (None, values["number_text_tokens"]):
+        raise ValueError(f"--number-text-tokens {values['number_text_tokens']} but --tokenizer "
+                         f"{cfg.tokenizer} has {tokenizer_size} pieces; drop "
+                         "--number-text-tokens (the tokenizer sets it)")
+    if base is None and "number_mel_codes" not in values:
         values["number_mel_codes"] = 3 + max(max(r["codes"], default=0) for r in rows)
-    return MiniVoiceConfig.from_dict(values)
+    try:
+        return MiniVoiceConfig.from_dict(values)
+    except ValueError as err:
+        given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.model.items())
+        raise ValueError(f"{err} (model flags given: {given or 'none'})") from None
 
 
 def _tokenizer_size(path: str) -> int:
+    """Number of pieces of the SentencePiece model at ``path`` (errors name ``--tokenizer``)."""
     import sentencepiece as spm
 
+    if Path(path).is_dir():
+        raise ValueError(f"--tokenizer {path} is a folder; give the SentencePiece .model file")
     if not Path(path).is_file():
         raise FileNotFoundError(f"--tokenizer {path} does not exist")
-    return spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    except Exception as err:  # noqa: BLE001 (sentencepiece raises RuntimeError, OSError, ...)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"--tokenizer {path} is not a SentencePiece model ({first}); give "
+                         "the .model file that `python -m amhelpers tokenizer` wrote") from None
 
 
-def _check_rows(rows: list[dict[str, Any]], config: MiniVoiceConfig, manifest: str
+def _check_tokenizer(size: int, path: str, config: MiniVoiceConfig, flag: str,
+                     source: Path) -> None:
+    """Raise when the tokenizer and the checkpoint's text tables differ in size."""
+    if size != config.number_text_tokens:
+        raise ValueError(
+            f"--tokenizer {path} has {size} pieces but {flag} {source} has "
+            f"number_text_tokens={config.number_text_tokens}: pass the tokenizer that checkpoint "
+            "was trained with, or grow its text tables to this tokenizer first "
+            "(`python -m amhelpers checkpoint extend`)")
+
+
+def _check_rows(rows: list[dict[str, Any]], config: MiniVoiceConfig, flag: str
                 ) -> list[dict[str, Any]]:
-    """Raise for ids the model cannot embed; drop (and count) rows longer than its tables."""
-    for row in rows:
-        if row["text_ids"] and (max(row["text_ids"]) >= config.number_text_tokens
-                                or min(row["text_ids"]) < 0):
-            raise ValueError(
-                f"manifest {manifest}: row {row['id']!r} has text id {max(row['text_ids'])} but "
-                f"the model has number_text_tokens={config.number_text_tokens} (was the manifest "
-                "built with a larger tokenizer? grow the text tables or pass the matching "
-                "--tokenizer)")
-        if row["codes"] and (max(row["codes"]) >= config.codebook_size or min(row["codes"]) < 0):
-            raise ValueError(
-                f"manifest {manifest}: row {row['id']!r} has code {max(row['codes'])} but the "
-                f"codebook has K={config.codebook_size} codes (number_mel_codes - 2)")
+    """Raise for ids the model cannot embed; drop (and count) rows longer than its tables.
+
+    Errors name the manifest file and line (``rows`` from :func:`read_manifest`), the bad
+    value and its position in the row's list.
+    """
+    limits = (("text_ids", "text id", config.number_text_tokens,
+               f"the model has number_text_tokens={config.number_text_tokens} (was the manifest "
+               "built with a larger tokenizer? grow the text tables or pass the matching "
+               "--tokenizer)"),
+              ("codes", "code", config.codebook_size,
+               f"the codebook has K={config.codebook_size} codes (number_mel_codes - 2; was the "
+               "manifest built with another codebook?)"))
+    for index, row in enumerate(rows):
+        for key, what, size, hint in limits:
+            values = row[key]
+            if values and (max(values) >= size or min(values) < 0):
+                pos = next(i for i, v in enumerate(values) if not 0 <= v < size)
+                where = (rows.where(index) if isinstance(rows, Manifest)
+                         else f"{flag} row {index + 1}")
+                raise ValueError(f"{where} (row {row.get('id')!r}): {what} {values[pos]} at "
+                                 f"{key}[{pos}] is outside [0, {size}): {hint}")
     kept = [r for r in rows if len(r["text_ids"]) <= config.max_text_tokens
             and len(r["codes"]) <= config.max_mel_tokens]
-    if len(kept) < len(rows):
-        warnings.warn(f"manifest {manifest}: skipped {len(rows) - len(kept)} of {len(rows)} rows "
-                      f"longer than max_text_tokens={config.max_text_tokens} or "
-                      f"max_mel_tokens={config.max_mel_tokens}", stacklevel=3)
+    name = rows.path if isinstance(rows, Manifest) else flag
     if not kept:
-        raise ValueError(f"manifest {manifest}: no row fits the model's length limits")
+        raise ValueError(f"manifest {name}: no row fits the model's length limits "
+                         f"(max_text_tokens={config.max_text_tokens}, "
+                         f"max_mel_tokens={config.max_mel_tokens}); raise them or shorten the "
+                         "rows")
+    if len(kept) < len(rows):
+        warnings.warn(f"manifest {name}: skipped {len(rows) - len(kept)} of {len(rows)} rows "
+                      f"longer than max_text_tokens={config.max_text_tokens} or "
+                      f"max_mel_tokens={config.max_mel_tokens}", stacklevel=4)
     return kept
 
 
@@ -327,7 +538,8 @@ class _Run:
         # for a fresh run), in metrics.jsonl and in TensorBoard.
         keep_until = start_step if resumed else -1
         if self.metrics.is_file():
-            lines = self.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+            lines = self.metrics.read_text(encoding="utf-8", errors="replace").splitlines(
+                keepends=True)
             with atomic_write(self.metrics, "w") as fh:
                 fh.writelines(ln for ln in lines if _row_step(ln) <= keep_until)
         self.writer = SummaryWriter(str(output_dir / "tb"), purge_step=keep_until + 1)
@@ -372,28 +584,63 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
 
     Raises:
         FileNotFoundError: a manifest, tokenizer or checkpoint is missing.
-        ValueError: bad settings, empty manifests, ids outside the model's tables.
+        ValueError: bad settings, empty manifests, ids outside the model's tables, an output
+            folder that is a file or holds another run (without ``cfg.overwrite``).
+        PermissionError: the output folder cannot be written.
+        RunFolderBusyError: another run is writing to the output folder.
         CheckpointMismatchError: the checkpoint does not fit the requested model.
     """
     cfg.check()
     output_dir = Path(cfg.output_dir) if cfg.output_dir else home() / "runs" / "minivoice"
+    check_output_dir(output_dir, "--output-dir")
+    train_rows = read_manifest(cfg.train_manifest)
+    val_rows = read_manifest(cfg.val_manifest) if cfg.val_manifest else []
+    tokenizer_size = _tokenizer_size(cfg.tokenizer) if cfg.tokenizer else None
     output_dir.mkdir(parents=True, exist_ok=True)
+    with lock_output_dir(output_dir):
+        removed = remove_stale_temp_files(output_dir)
+        result = _train_locked(cfg, output_dir, train_rows, val_rows, tokenizer_size,
+                               (param_groups_fn, on_start, on_step))
+    return {**result, "removed_temp_files": removed}
+
+
+def _read_source(flag: str, path: Path) -> dict[str, Any]:
+    """:func:`read_checkpoint`, with the flag that named the file in its errors."""
+    try:
+        return read_checkpoint(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{flag}: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
+
+
+def _train_locked(cfg: TrainConfig, output_dir: Path, train_rows: list[dict[str, Any]],
+                  val_rows: list[dict[str, Any]], tokenizer_size: int | None,
+                  hooks: tuple[ParamGroupsFn | None, StepHook | None, StepHook | None]
+                  ) -> dict[str, Any]:
+    """The body of :func:`train`, run while holding the output folder's lock."""
+    param_groups_fn, on_start, on_step = hooks
     resume_path = None
     if cfg.resume == "auto":
         resume_path = latest_checkpoint(output_dir)
     elif cfg.resume:
         resume_path = Path(cfg.resume)
-    elif latest_checkpoint(output_dir) is not None:
-        raise ValueError(f"{output_dir} already holds checkpoints (newest "
-                         f"{latest_checkpoint(output_dir).name}): pass --resume auto to continue "
-                         "that run, or choose a new --output-dir")
-    source = resume_path or (Path(cfg.init_checkpoint) if cfg.init_checkpoint else None)
-    payload = read_checkpoint(source) if source else None
+    flag, source = ("--resume", resume_path) if resume_path else (
+        "--init-checkpoint", Path(cfg.init_checkpoint) if cfg.init_checkpoint else None)
+    payload = _read_source(flag, source) if source else None
+    if resume_path and "train_state" not in payload:
+        raise ValueError(f"{resume_path} holds weights but no training state, so it cannot be "
+                         "resumed; start from it with --init-checkpoint instead")
+    resume_step = int(payload["train_state"]["step"]) if resume_path else 0
+    why, replaced = _folder_conflict(output_dir, resume_path, resume_step, cfg.resume == "auto")
+    if why and not cfg.overwrite:
+        raise ValueError(why)
+    if cfg.resume == "auto" and resume_path is None and (output_dir / "config.json").exists():
+        print(f"train: no checkpoint to resume in {output_dir}; starting its run over from "
+              "step 0", file=sys.stderr)
 
-    train_rows = read_manifest(cfg.train_manifest)
-    val_rows = read_manifest(cfg.val_manifest) if cfg.val_manifest else []
     config = _resolve_model_config(cfg, payload["config"] if payload else None,
-                                   train_rows + val_rows)
+                                   train_rows + val_rows, tokenizer_size)
     if resume_path and config.to_dict() != payload["config"]:
         differ = {k: (payload["config"].get(k), v) for k, v in config.to_dict().items()
                   if payload["config"].get(k) != v}
@@ -401,18 +648,21 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
             f"cannot resume from {resume_path}: it was trained with another model config "
             + ", ".join(f"{k}={old} (asked {new})" for k, (old, new) in differ.items())
             + "; drop those flags or use a new --output-dir")
-    train_rows = _check_rows(train_rows, config, cfg.train_manifest)
+    if cfg.freeze_base_rows is not None and cfg.freeze_base_rows > config.number_text_tokens:
+        raise ValueError(f"--freeze-base-rows {cfg.freeze_base_rows} is more than the model's "
+                         f"number_text_tokens={config.number_text_tokens}; give the base "
+                         "tokenizer's size (the rows to keep)")
+    if payload is not None and tokenizer_size is not None:
+        _check_tokenizer(tokenizer_size, cfg.tokenizer, config, flag, source)
+    train_rows = _check_rows(train_rows, config, "--train-manifest")
     if val_rows:
-        val_rows = _check_rows(val_rows, config, cfg.val_manifest)
+        val_rows = _check_rows(val_rows, config, "--val-manifest")
     tokenizer_sha = sha256_file(cfg.tokenizer) if cfg.tokenizer else None
     if resume_path and tokenizer_sha and payload["meta"].get("tokenizer_sha256") not in (
             None, tokenizer_sha):
         warnings.warn(f"--tokenizer {cfg.tokenizer} differs from the one {resume_path} was "
-                      "trained with", stacklevel=2)
+                      "trained with", stacklevel=3)
 
-    if resume_path and "train_state" not in payload:
-        raise ValueError(f"{resume_path} holds weights but no training state, so it cannot be "
-                         "resumed; start from it with --init-checkpoint instead")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -420,8 +670,9 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
     if payload is not None:
         try:
             model.load_state_dict(payload["model"])
-        except CheckpointMismatchError as err:
-            raise CheckpointMismatchError(f"{source}: {err}") from None
+        except CheckpointMismatchError as err:  # one line: the CLI prints it as `error: ...`
+            detail = "; ".join(x.strip() for x in str(err).splitlines() if x.strip())
+            raise CheckpointMismatchError(f"{flag} {source}: {detail}") from None
     model.train()
     grouped = (cfg.freeze_base_rows is not None or cfg.new_row_lr is not None
                or cfg.decay == "weights" or cfg.new_rows_only_steps > 0)
@@ -448,12 +699,31 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
     step, wall_before, window = 0, 0.0, _Window()
     if resume_path:
         state = payload["train_state"]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"--resume {resume_path}: its optimizer state does not fit this "
+                             f"run's parameter groups ({err}); resume with the run's own "
+                             "--freeze-base-rows, --new-row-lr, --decay and "
+                             "--new-rows-only-steps (see its config.json)") from None
+        try:
+            sampler.load_state_dict(state["sampler"])
+        except ValueError as err:
+            raise ValueError(f"--resume {resume_path}: {err}; resume with the run's own "
+                             "--train-manifest, --batch-size, --bucket-window and --seed") from None
         _set_rng_state(state["rng"])
         step, wall_before = int(state["step"]), float(state["wall_s"])
         window = _Window(**state["window"])
+    if replaced:  # only with --overwrite, now that every input has been checked
+        for path in replaced:
+            path.unlink(missing_ok=True)
+        print(f"train: --overwrite: deleted {len(replaced)} file(s) of the earlier run in "
+              f"{output_dir}", file=sys.stderr)
+        if resume_path is not None and same_file(resume_path.parent, output_dir):
+            with atomic_write(output_dir / "latest.json", "w") as fh:
+                json.dump({"step": resume_step, "checkpoint": resume_path.name,
+                           "wall_s": round(wall_before, 3)}, fh)
     with atomic_write(output_dir / "config.json", "w") as fh:
         json.dump({"train": dataclasses.asdict(cfg), "model": config.to_dict()}, fh, indent=2)
 
@@ -487,7 +757,7 @@ def train(cfg: TrainConfig, *, param_groups_fn: ParamGroupsFn | None = None,
                         train=last_train, **meta)
         with atomic_write(output_dir / "latest.json", "w") as fh:
             json.dump({"step": step, "checkpoint": path.name, "wall_s": round(wall(), 3)}, fh)
-        _prune(output_dir, cfg.keep_last)
+        _prune(output_dir, cfg.keep_last, current=path)  # after latest.json names the new one
         return path
 
     try:
@@ -607,8 +877,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--no-progress", dest="progress", action="store_false",
                                 help="hide the progress bar")
             continue
+        if f.name == "overwrite":
+            parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+            continue
         parser.add_argument(flag, dest=f.name, type=f.metadata["type"], default=f.default,
-                            choices=f.metadata.get("choices"), help=f.metadata["help"] + (f" (default {f.default})"
+                            choices=f.metadata.get("choices"),
+                            help=f.metadata["help"] + (f" (default {f.default})"
                                                        if f.default is not None else ""))
     group = parser.add_argument_group("model", TrainConfig.__dataclass_fields__["model"]
                                       .metadata["help"])

@@ -57,6 +57,16 @@ def test_manifest_without_sidecar(tmp_path):
         check_manifest(tmp_path / "x.jsonl")
 
 
+def test_damaged_sidecar_is_named(tmp_path):
+    (tmp_path / "x.jsonl").write_text("")
+    for content, message in (("{\"k\": 16,", "x.meta.json is damaged"),
+                             ("[1, 2]", "x.meta.json is damaged"),
+                             ('{"k": 16}', "x.meta.json lacks codec, tokenizer_sha256")):
+        meta_path(tmp_path / "x.jsonl").write_text(content)
+        with pytest.raises(ValueError, match=message):
+            check_manifest(tmp_path / "x.jsonl")
+
+
 def test_text_without_pieces_leaves_no_file(parts, tmp_path):
     tok, book, _ = parts
     out = tmp_path / "bad.jsonl"

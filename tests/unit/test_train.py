@@ -6,6 +6,7 @@ tiny model (d=32, 2 layers, 30 text tokens, K=16) keep each run to a second or t
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -159,7 +160,7 @@ def test_training_learns_logs_and_keeps_last_checkpoints(manifests, tmp_path):
         train_rows[0])
     assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_00000030.pt",
                                                             "ckpt_00000040.pt"]
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [".lock"]
     assert json.loads((out / "latest.json").read_text())["checkpoint"] == "ckpt_00000040.pt"
     assert latest_checkpoint(out) == out / "ckpt_00000040.pt" == Path(result["checkpoint"])
     assert list((out / "tb").glob("events.out.tfevents.*"))
@@ -225,7 +226,7 @@ def test_init_checkpoint_and_hooks(manifests, tmp_path):
 
 
 def test_time_budget_stops_and_saves(manifests, tmp_path):
-    result = train(config(manifests, tmp_path / "a", max_minutes=0.0))
+    result = train(config(manifests, tmp_path / "a", max_minutes=1e-9))  # 60 ns: spent at once
     assert result["stopped"] == "max_minutes" and result["step"] == 0
     assert Path(result["checkpoint"]).name == "ckpt_00000000.pt"
 
@@ -243,15 +244,21 @@ def test_fresh_run_infers_vocabulary_sizes(manifests, tmp_path, work_home):
                                                          cfg.codebook_size + 1)
 
 
-def test_tokenizer_sets_the_text_table_size_and_is_recorded(manifests, tmp_path):
+def tiny_tokenizer(folder: Path) -> Path:
+    """A 33-piece SentencePiece model (``folder/sp.model``)."""
     spm = pytest.importorskip("sentencepiece")
-    corpus = tmp_path / "corpus.txt"
+    corpus = folder / "corpus.txt"
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
     rng = random.Random(0)
     corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(6))
                                 for _ in range(200)), encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"),
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "sp"),
                                    vocab_size=33, model_type="bpe", minloglevel=2)
+    return folder / "sp.model"
+
+
+def test_tokenizer_sets_the_text_table_size_and_is_recorded(manifests, tmp_path):
+    tiny_tokenizer(tmp_path)
     model_fields = {k: v for k, v in TINY.items() if k != "number_text_tokens"}
     result = train(config(manifests, tmp_path / "a", max_steps=1, val_manifest=None,
                           tokenizer=str(tmp_path / "sp.model"), model=model_fields))
@@ -266,14 +273,17 @@ def test_resuming_with_another_model_config_is_a_clear_error(manifests, tmp_path
     train(config(manifests, tmp_path / "a", max_steps=2, val_manifest=None))
     with pytest.raises(CheckpointMismatchError, match=r"model_dim=32 \(asked 64\)"):
         train(config(manifests, tmp_path / "a", resume="auto", model={**TINY, "model_dim": 64}))
-    with pytest.raises(CheckpointMismatchError, match=r"text_embedding.weight: checkpoint has "
-                                                      r"shape \(31, 32\), model has \(41, 32\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"--init-checkpoint .*ckpt_00000002.pt: .*"
+                                                      r"text_embedding.weight: checkpoint has "
+                                                      r"shape \(31, 32\), model has \(41, 32\)"
+                       ) as info:
         train(config(manifests, tmp_path / "b", val_manifest=None,
                      init_checkpoint=str(tmp_path / "a" / "ckpt_00000002.pt"),
                      model={"number_text_tokens": 40}))
+    assert "\n" not in str(info.value)  # the CLI prints one line
     with pytest.raises(FileNotFoundError):
         train(config(manifests, tmp_path / "c", resume=str(tmp_path / "nope.pt")))
-    with pytest.raises(ValueError, match="already holds checkpoints.*--resume auto"):
+    with pytest.raises(ValueError, match="already holds another run.*--resume auto"):
         train(config(manifests, tmp_path / "a"))  # a fresh run would mix with the old one
     weights_only = save_checkpoint(tmp_path / "w.pt", load_checkpoint(
         tmp_path / "a" / "ckpt_00000002.pt")[0])
@@ -290,11 +300,164 @@ def test_empty_manifest_and_out_of_range_ids_are_clear_errors(manifests, tmp_pat
     rows = synthetic_rows(4, 0, "x")
     rows[2]["text_ids"][0] = 30
     bad = write_manifest(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(ValueError, match=r"bad.jsonl: row 'x0002' has text id 30 but the model "
-                                         r"has number_text_tokens=30"):
+    with pytest.raises(ValueError, match=r"bad.jsonl line 3 \(row 'x0002'\): text id 30 at "
+                                         r"text_ids\[0\] is outside \[0, 30\): the model has "
+                                         r"number_text_tokens=30"):
         train(config(manifests, tmp_path / "a", val_manifest=str(bad)))
     with pytest.raises(ValueError, match="train-manifest is required"):
         train(TrainConfig())
+
+
+def manifest_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def row_json(row: dict) -> bytes:
+    return json.dumps(row).encode()
+
+
+def test_non_utf8_manifest_names_the_file_and_line(manifests, tmp_path, capsys):
+    rows = synthetic_rows(2, 0, "x")
+    bad = manifest_lines(tmp_path / "latin.jsonl", [row_json(rows[0]), b"",
+                                                    row_json(rows[1] | {"text": "caf\xe9"})
+                                                    .replace(b"\\u00e9", b"\xe9")])
+    with pytest.raises(ValueError, match=r"latin.jsonl line 3: not UTF-8 \(byte \d+ of the line "
+                                         r"is b'\\xe9'\); convert the file"):
+        read_manifest(bad)
+    assert cli.main(["train", "--train-manifest", str(bad), "--output-dir",
+                     str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "latin.jsonl line 3: not UTF-8" in err
+    assert not (tmp_path / "run").exists()  # an input error creates no run folder
+
+
+def test_manifest_values_errors_name_value_position_and_line(manifests, tmp_path):
+    rows = synthetic_rows(12, 0, "x")
+    rows[11] |= {"codes": [1, 2, 3, 4, 5, -3, 6], "n_codes": 7}
+    lines = [row_json(r) for r in rows[:11]] + [b"", row_json(rows[11])]  # row 12 on line 13
+    bad = manifest_lines(tmp_path / "neg.jsonl", lines)
+    with pytest.raises(ValueError, match=r"neg.jsonl line 13: code -3 at codes\[5\] is negative"):
+        read_manifest(bad)
+    with pytest.raises(ValueError, match=r"neg.jsonl line 13: code -3 at codes\[5\]"):
+        train(config(manifests, tmp_path / "a", train_manifest=str(bad)))
+
+    rows = synthetic_rows(3, 0, "x")
+    rows[1]["codes"][3] = K  # one past the codebook
+    high = write_manifest(tmp_path / "high.jsonl", rows)
+    with pytest.raises(ValueError, match=r"high.jsonl line 2 \(row 'x0001'\): code 16 at "
+                                         r"codes\[3\] is outside \[0, 16\): the codebook has K=16"):
+        train(config(manifests, tmp_path / "a", val_manifest=str(high)))
+
+    for change, message in (({"text_ids": "abc"}, r"text_ids must be a list of integers, got str"),
+                            ({"codes": [1, True], "n_codes": 2}, r"codes\[1\] = true is not an "
+                                                                 r"integer")):
+        bad = write_manifest(tmp_path / "types.jsonl", [rows[0] | change])
+        with pytest.raises(ValueError, match=rf"types.jsonl line 1: {message}"):
+            read_manifest(bad)
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="folder.jsonl is a folder"):
+        read_manifest(folder)
+
+
+def test_manifest_with_a_byte_order_mark_is_read(tmp_path):
+    rows = synthetic_rows(2, 0, "x")
+    path = manifest_lines(tmp_path / "bom.jsonl", [b"\xef\xbb\xbf" + row_json(rows[0]),
+                                                   row_json(rows[1])])
+    assert read_manifest(path) == rows and read_manifest(path).lines == [1, 2]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-minutes", "-1"], "--max-minutes=-1.0 (must be a finite number > 0; omit it"),
+    (["--max-minutes", "0"], "--max-minutes=0.0"),
+    (["--max-minutes", "nan"], "--max-minutes=nan"),
+    (["--max-steps", "0"], "--max-steps=0 (must be a whole number >= 1)"),
+    (["--batch-size", "-4"], "--batch-size=-4"),
+    (["--learning-rate=-1e-3"], "--learning-rate=-0.001 (must be a finite number >= 0)"),
+    (["--learning-rate", "nan"], "--learning-rate=nan"),
+    (["--weight-decay", "inf"], "--weight-decay=inf"),
+    (["--grad-clip", "nan"], "--grad-clip=nan"),
+    (["--new-row-lr", "-1"], "--new-row-lr=-1.0"),
+    (["--keep-last", "0"], "--keep-last=0"),
+    (["--warmup-steps", "-1"], "--warmup-steps=-1 (must be a whole number >= 0)"),
+    (["--seed", "-1"], "--seed=-1 (must be a whole number in [0, 2**32))"),
+    (["--heads", "0"], "heads=0 must be a positive integer"),
+    (["--layers", "0"], "layers=0 must be a positive integer"),
+    (["--dropout", "nan"], "dropout=nan must be in [0, 1)"),
+    (["--freeze-base-rows", "40"], "--freeze-base-rows 40 is more than the model's "
+                                   "number_text_tokens=30"),
+])
+def test_bad_numbers_are_one_line_errors_naming_the_flag(manifests, tmp_path, capsys, flags,
+                                                         message):
+    argv = ["train", "--train-manifest", str(manifests[0]), "--output-dir", str(tmp_path / "r"),
+            "--no-progress", "--max-steps", "2", "--batch-size", "8", "--model-dim", "32",
+            "--layers", "2", "--heads", "2", "--number-text-tokens", "30",
+            "--number-mel-codes", "18"]
+    assert cli.main(argv + flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not list((tmp_path / "r").glob("ckpt_*"))
+
+
+def test_files_that_are_not_checkpoints_are_one_line_errors(manifests, tmp_path, capsys):
+    good = train(config(manifests, tmp_path / "a", max_steps=2, val_manifest=None))["checkpoint"]
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not weights\n", encoding="utf-8")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(Path(good).read_bytes()[:5000])
+    pickled = tmp_path / "object.pt"
+    torch.save({"args": argparse.Namespace(lr=1)}, pickled)
+    cases = [("--resume", text, "cannot be read: it is a text file (starts with 'hello, "),
+             ("--init-checkpoint", text, "cannot be read: it is a text file"),
+             ("--resume", empty, "cannot be read: the file is empty, not a torch checkpoint"),
+             ("--resume", cut, "cannot be read: it is truncated or damaged"),
+             ("--resume", pickled, "cannot be read: it pickles argparse.Namespace, which a "
+                                   "safe (weights-only) load refuses"),
+             ("--init-checkpoint", tmp_path / "a", "is a folder; give a checkpoint file"),
+             ("--resume", tmp_path / "nope.pt", "checkpoint " + str(tmp_path / "nope.pt")
+              + " does not exist")]
+    for i, (flag, path, message) in enumerate(cases):
+        argv = ["train", "--train-manifest", str(manifests[0]), "--output-dir",
+                str(tmp_path / f"r{i}"), "--no-progress", flag, str(path)]
+        assert cli.main(argv) == 2, (flag, path)
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag}: ") and str(path) in err, err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_tokenizer_that_does_not_fit_the_checkpoint_is_refused(manifests, tmp_path):
+    first = train(config(manifests, tmp_path / "a", max_steps=2, val_manifest=None))
+    tokenizer = tiny_tokenizer(tmp_path)  # 33 pieces; the checkpoint has 30 text tokens
+    with pytest.raises(ValueError, match=r"--tokenizer .*sp.model has 33 pieces but "
+                                         r"--init-checkpoint .*ckpt_00000002.pt has "
+                                         r"number_text_tokens=30.*checkpoint extend"):
+        train(config(manifests, tmp_path / "b", val_manifest=None, model={},
+                     init_checkpoint=first["checkpoint"], tokenizer=str(tokenizer)))
+    with pytest.raises(ValueError, match=r"--tokenizer .*sp.model has 33 pieces but --resume"):
+        train(config(manifests, tmp_path / "a", val_manifest=None, resume="auto",
+                     tokenizer=str(tokenizer)))
+    with pytest.raises(ValueError, match=r"--number-text-tokens 30 but --tokenizer .*sp.model "
+                                         r"has 33 pieces"):
+        train(config(manifests, tmp_path / "c", val_manifest=None, tokenizer=str(tokenizer)))
+    for bad, message in ((tmp_path / "corpus.txt", "is not a SentencePiece model"),
+                         (tmp_path / "none.model", "does not exist")):
+        with pytest.raises((ValueError, FileNotFoundError), match=rf"--tokenizer {bad} {message}"):
+            train(config(manifests, tmp_path / "c", val_manifest=None, tokenizer=str(bad)))
+    assert not list((tmp_path / "c").glob("*.json*"))  # nothing written
+
+
+def test_resume_with_other_batches_or_groups_names_the_checkpoint(manifests, tmp_path):
+    train(config(manifests, tmp_path / "a", max_steps=2, val_manifest=None))
+    with pytest.raises(ValueError, match=r"--resume .*ckpt_00000002.pt: the saved data position "
+                                         r"belongs to other batches: batch_size=8 \(now 4\)"):
+        train(config(manifests, tmp_path / "a", val_manifest=None, resume="auto", batch_size=4))
+    with pytest.raises(ValueError, match=r"--resume .*ckpt_00000002.pt: its optimizer state does "
+                                         r"not fit this run's parameter groups .*--freeze-base-rows"):
+        train(config(manifests, tmp_path / "a", val_manifest=None, resume="auto",
+                     freeze_base_rows=20))
 
 
 # ----------------------------------------------------------------------------------- CLI
@@ -334,7 +497,7 @@ def test_freeze_flags_keep_base_rows(manifests, tmp_path, mode, frozen):
 
 
 def test_freeze_flags_reject_bad_values(manifests, tmp_path):
-    with pytest.raises(ValueError, match="--freeze-base-rows must be positive"):
+    with pytest.raises(ValueError, match="--freeze-base-rows=0 .must be positive"):
         train(config(manifests, tmp_path / "c", freeze_base_rows=0))
     with pytest.raises(SystemExit):
         cli.main(["train", "--train-manifest", str(manifests[0]), "--freeze-mode", "magic"])
@@ -371,7 +534,7 @@ def test_guided_attention_flag_trains_the_alignment_and_resumes_exactly(manifest
     assert_identical(weights(straight["checkpoint"]), weights(resumed["checkpoint"]))
     assert not torch.equal(weights(straight["checkpoint"])["mel_head.weight"],
                            weights(plain["checkpoint"])["mel_head.weight"])
-    with pytest.raises(ValueError, match="guided_attention_weight=-1"):
+    with pytest.raises(ValueError, match="--guided-attention-weight=-1"):
         train(config(manifests, tmp_path / "c", guided_attention_weight=-1.0))
-    with pytest.raises(ValueError, match="guided_attention_sigma=0"):
+    with pytest.raises(ValueError, match="--guided-attention-sigma=0"):
         train(config(manifests, tmp_path / "c", guided_attention_sigma=0.0))
