@@ -1,17 +1,7 @@
-"""Load, save and grow the text tables of MiniVoice checkpoints and IndexTTS2's ``gpt.pth``.
+"""Grow the text tables of a MiniVoice checkpoint or IndexTTS2's ``gpt.pth`` for an extended tokenizer.
 
-Two layouts are read and written back as they came:
-
-- **MiniVoice** (:func:`amhelpers.model.save_checkpoint`): a dict ``{"format", "config",
-  "model", "meta"[, "train_state"]}`` with the state dict under ``"model"``.
-- **IndexTTS2** (``indextts/gpt/model_v2.py``, ``UnifiedVoice``): a plain state dict, or one
-  nested under ``"model"`` (trainer checkpoints). ``inference_model.*`` keys (the HF wrapper
-  that ``post_init_gpt2_config`` builds around the GPT's mel-side modules) are dropped; a
-  ``module.`` / ``_orig_mod.`` prefix (DDP, ``torch.compile``) is stripped and put back on save.
-
-Both share UnifiedVoice's names for the text tables, each with ``number_text_tokens + 1`` rows
-(``V + 1``; the "+1" row, index ``V``, is never produced by the V-piece tokenizer):
-``text_embedding.weight`` [V+1, d], ``text_head.weight`` [V+1, d], ``text_head.bias`` [V+1].
+Layout of the tables: :mod:`amhelpers.tables`; reading and writing the files (both layouts, safe
+loading): :mod:`amhelpers.ckptio`. This module adds rows and records how.
 
 Growing the tables for an extended tokenizer (:func:`grow_text_tables`): rows ``[0, V)`` are
 copied bit for bit; the added pieces get ids ``[V, V')``; **the base's "+1" row moves to the new
@@ -19,7 +9,7 @@ end** (index ``V'``), so the table is again "tokenizer ids, then one extra row".
 the base never produced and is now the first added piece, gets a fresh init like every other
 added piece (it does not inherit the untrained "+1" row). The extension record says so.
 
-Init strategies for added rows (FACTS.md, "Initialising new rows"):
+Init strategies for added rows:
 
 - ``indextts``: what UnifiedVoice's constructor (and so the original trainer) gives: embedding
   N(0, 0.02), head weight and bias uniform ±1/sqrt(d) (``nn.Linear`` default).
@@ -29,322 +19,56 @@ Init strategies for added rows (FACTS.md, "Initialising new rows"):
   covariance of the trained base rows: noise 10% of the base rows' spread along every principal
   direction, so added rows stay distinct (pairwise cosine < 1) while sitting near the mean.
   transformers' ``mean_resizing`` uses 1e-9 (identical rows in effect); 1.0 would make added
-  rows look like arbitrary trained tokens.
+  rows look like arbitrary trained tokens. Hewitt (2021, "Initializing New Word Embeddings for
+  Pretrained Language Models") samples from N(mean, 1e-5 x covariance): the course's 0.01 is
+  its own choice, a Hewitt-style init with 1,000 times the variance (about 32 times the noise),
+  so that a few hundred small rows are told apart after a short fine-tune (docs/background.md).
 - ``romanized`` (FVT with a romanisation step): each added piece's text goes through
   :func:`amhelpers.text.romanize`, is encoded by the base tokenizer (upper-cased when the base
   only knows upper-case Latin, as IndexTTS2's), and the base rows of those ids are averaged;
   the mean is used when that gives only ``<unk>``, nothing, or untrained rows.
 
-Statistics (mean, covariance) use only *trained* base rows: rows flagged by the Magikarp-style
-test of :func:`amhelpers.diagnose.magikarp` (control rows, unused pieces) are left out, or the
-rows given in ``exclude_rows``. The "+1" row is never part of them.
+Statistics (mean, covariance) use only *trained* base rows: rows that
+:func:`amhelpers.undertrained.undertrained_rows` flags (control rows, unused pieces) are left
+out, or the rows given in ``exclude_rows``. The "+1" row is never part of them.
 
 Safety: ``extend`` refuses an ``--out`` that is one of its inputs, a folder, under a file or in
 an unwritable folder, and replaces an existing ``--out`` (or its ``<out>.extension.json``
-record) only with ``--overwrite``; loading names what a refused pickle holds and what
-``--trust-pickle`` would do; NaN/inf rows are named by table and row.
-
-Size: about 750 lines, over the usual 500, because loading, saving and growing share the
-layout handling and the record format; splitting them would spread one file format over
-several modules.
+record) only with ``--overwrite``; loading (:func:`amhelpers.ckptio.load_state_dict`) names what
+a refused pickle holds and what ``--trust-pickle`` would do; NaN/inf rows are named by table and
+row.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import operator
-import pickle
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .io import atomic_write, check_output_file, sha256_file, write_text_atomic
+from .ckptio import load_state_dict, save_state_dict
+from .io import check_output_file, sha256_file, write_text_atomic
+from .tables import (
+    EMBEDDING_INIT_STD,
+    TEXT_KEYS,
+    base_rows_sha256,
+    check_finite_tables,
+    check_text_tables,
+    non_finite_rows,
+)
+from .text import romanize
+from .tokenizer import UNKNOWN, base_text_case, load_proto, processor
+from .undertrained import undertrained_rows
 
-TEXT_KEYS = ("text_embedding.weight", "text_head.weight", "text_head.bias")
 STRATEGIES = ("indextts", "torch-default", "mean", "hewitt", "romanized")
 HEWITT_COV_SCALE = 0.01
-EMBEDDING_INIT_STD = 0.02
-MINIVOICE_FORMAT = "amhelpers.minivoice/1"
 RECORD_FORMAT = "amhelpers.extension/1"
-DROP_PREFIX = "inference_model."
-STRIP_PREFIXES = ("module.", "_orig_mod.")
 RECORD_SUFFIX = ".extension.json"
-TRAINING_STATE_KEYS = ("train_state", "optimizer", "scheduler", "lr_scheduler", "scaler", "ema")
-
-
-# ----------------------------------------------------------------------------- loading
-TRUST_PICKLE_HELP = (
-    "--trust-pickle (trust_pickle=True) loads with torch.load(weights_only=False), which runs "
-    "whatever code the file's pickle names: use it only for a checkpoint you made or got from a "
-    "source you trust, never for a download you cannot check")
-
-
-# Globals no checkpoint needs: a pickle naming one runs code (torch blocks os/posix/nt/sys).
-# Protocol 2 (torch.save's) writes Python 2 names: subprocess -> commands, builtins -> __builtin__.
-CODE_MODULES = ("os", "posix", "nt", "sys", "subprocess", "commands", "shutil", "socket",
-                "importlib", "runpy", "pty", "ctypes", "code", "pickle", "marshal", "webbrowser",
-                "multiprocessing")
-CODE_BUILTINS = ("eval", "exec", "compile", "__import__", "open", "getattr", "setattr", "globals",
-                 "input", "breakpoint", "delattr", "vars")
-
-
-def _pickle_global(text: str) -> tuple[str | None, bool]:
-    """The Python global a weights-only load refused, and whether it is code, never weights."""
-    blocked = re.search(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked", text)
-    if blocked:
-        return blocked.group(1), True
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if not found:
-        return None, False
-    name = found.group(1)
-    module, _, attr = name.rpartition(".")
-    code = module.split(".")[0] in CODE_MODULES or (
-        module in ("", "builtins", "__builtin__") and attr in CODE_BUILTINS)  # torch shows builtins bare
-    return name, code
-
-
-def _looks_like_text(path: Path) -> bool:
-    with path.open("rb") as fh:
-        head = fh.read(256)
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if err.start < len(head) - 3:
-            return False
-        text = head[:err.start].decode("utf-8")   # a character cut at the 256th byte
-    return bool(text) and all(c.isprintable() or c in "\r\n\t" for c in text)
-
-
-def _not_torch(path: Path, detail: str) -> ValueError:
-    kind = ": it looks like a text file" if _looks_like_text(path) else ""
-    return ValueError(
-        f"checkpoint {path} is corrupted or not a torch file{kind} ({detail[:200]}); give a file "
-        "written by torch.save (a copy cut short or a text file gives this error). --trust-pickle "
-        "cannot repair a file: it only lets a complete torch file holding Python objects load, by "
-        "running its code (use it only for files you trust)")
-
-
-def _torch_load(path: Path, trust_pickle: bool) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise  # permission, I/O: the CLI prints it with the path
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        name, blocked = _pickle_global(text)
-        if blocked:
-            raise ValueError(
-                f"checkpoint {path} asks to call {name} when loaded: that is code, not weights (a "
-                "malicious or broken file), so it is refused, also with --trust-pickle; delete it, "
-                "or re-save the weights from a trusted copy with torch.save(model.state_dict())"
-            ) from None
-        if name is None:
-            detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()
-            detail = next((line.strip() for line in detail if line.strip()
-                           and "Weights only load failed" not in line), text[:200])
-            raise _not_torch(path, detail) from None
-        if not trust_pickle:
-            raise ValueError(
-                f"checkpoint {path} holds Python objects besides tensors ({name}), which safe "
-                "loading (torch.load weights_only=True) refuses. If you trust the file, pass "
-                f"trust_pickle=True (CLI: --trust-pickle); {TRUST_PICKLE_HELP}") from None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err2:  # noqa: BLE001 -- any error of the full unpickler
-            raise _not_torch(path, f"{type(err2).__name__}: {err2}") from None
-    except Exception as err:  # noqa: BLE001 -- torch raises many types on damaged files
-        raise _not_torch(path, f"{type(err).__name__}: {err}") from None
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) for k in obj) and any(torch.is_tensor(v) for v in obj.values())
-
-
-def _json_like(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_json_like(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _json_like(v) for k, v in value.items())
-    return False
-
-
-def _find_prefix(keys: Iterable[str]) -> str:
-    """The DDP / torch.compile prefix in front of ``text_embedding.weight`` ("" when none)."""
-    for key in keys:
-        if key.endswith(TEXT_KEYS[0]):
-            prefix = key[: -len(TEXT_KEYS[0])]
-            rest = prefix
-            while rest:
-                for p in STRIP_PREFIXES:
-                    if rest.startswith(p):
-                        rest = rest[len(p):]
-                        break
-                else:
-                    break
-            if not rest:
-                return prefix
-    return ""
-
-
-def check_text_tables(state_dict: Mapping[str, Any], where: str = "state dict") -> tuple[int, int]:
-    """Check the three text tables and return ``(rows, dim)``.
-
-    Raises:
-        ValueError: a table is missing or the shapes disagree (names the keys expected and a
-            few keys found).
-    """
-    missing = [k for k in TEXT_KEYS if k not in state_dict]
-    if missing:
-        found = sorted(state_dict)[:6]
-        raise ValueError(
-            f"{where} has no text tables: expected keys {', '.join(TEXT_KEYS)} (UnifiedVoice / "
-            f"MiniVoice names); missing {', '.join(missing)}; found {len(state_dict)} keys such as "
-            f"{', '.join(found) or '(none)'}")
-    emb, head, bias = (state_dict[k] for k in TEXT_KEYS)
-    if emb.dim() != 2 or head.dim() != 2 or bias.dim() != 1:
-        raise ValueError(f"{where}: text tables have shapes {tuple(emb.shape)}, {tuple(head.shape)}, "
-                         f"{tuple(bias.shape)}; expected [V+1, d], [V+1, d], [V+1]")
-    if not (emb.shape[0] == head.shape[0] == bias.shape[0]) or emb.shape[1] != head.shape[1]:
-        raise ValueError(f"{where}: text tables disagree: {TEXT_KEYS[0]} {tuple(emb.shape)}, "
-                         f"{TEXT_KEYS[1]} {tuple(head.shape)}, {TEXT_KEYS[2]} {tuple(bias.shape)}")
-    return int(emb.shape[0]), int(emb.shape[1])
-
-
-def non_finite_rows(state_dict: Mapping[str, torch.Tensor]) -> dict[str, dict[str, list[int]]]:
-    """Rows of each text table holding NaN (``"nan"``) or only +-inf (``"inf"``); empty when none."""
-    out = {}
-    for key in TEXT_KEYS:
-        t = state_dict[key].detach()
-        if not t.is_floating_point() or bool(torch.isfinite(t).all()):
-            continue
-        nan = torch.isnan(t).reshape(len(t), -1).any(1)
-        inf = torch.isinf(t).reshape(len(t), -1).any(1) & ~nan
-        out[key] = {"nan": torch.nonzero(nan).flatten().tolist(),
-                    "inf": torch.nonzero(inf).flatten().tolist()}
-    return out
-
-
-def check_finite_tables(state_dict: Mapping[str, torch.Tensor], where: str = "state dict") -> None:
-    """Raise a ValueError naming the tables and rows that hold NaN or inf (see :func:`non_finite_rows`)."""
-    bad = non_finite_rows(state_dict)
-    if not bad:
-        return
-    parts = []
-    for key, kinds in bad.items():
-        for kind, ids in kinds.items():
-            if ids:
-                shown = ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")
-                parts.append(f"{key}: {len(ids)} row{'s' * (len(ids) != 1)} with {kind} ({shown})")
-    raise ValueError(f"{where} holds non-finite values: {'; '.join(parts)}; training diverged or "
-                     "the file is damaged: use an earlier checkpoint (and lower the learning rate "
-                     "or clip gradients)")
-
-
-def load_state_dict(path: str | Path, trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a MiniVoice checkpoint or an IndexTTS2 ``gpt.pth``.
-
-    Args:
-        path: the checkpoint file.
-        trust_pickle: allow a full (unsafe) unpickle when the file holds Python objects that
-            ``torch.load(weights_only=True)`` refuses. Only for files you trust.
-
-    Returns:
-        ``(state_dict, meta)``: the state dict with UnifiedVoice key names (no prefix, no
-        ``inference_model.*``), and what :func:`save_state_dict` needs to write the same layout:
-        ``layout`` (``minivoice`` | ``indextts2``), ``nested``, ``prefix``, ``dropped_keys``,
-        ``config`` / ``format`` / ``meta`` (MiniVoice), ``extra`` (other JSON-like top-level
-        entries), ``left_out`` (top-level entries not carried: optimizer / training state, which
-        does not fit grown tables, and non-JSON objects), ``rows``,
-        ``dim``, ``path``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a torch file, or no text tables.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {path} is a folder; give the checkpoint file in it (a "
-                         "MiniVoice .pt such as a run folder's ckpt_00001000.pt, or IndexTTS2 gpt.pth)")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (give a MiniVoice .pt or "
-                                "IndexTTS2 gpt.pth)")
-    payload = _torch_load(path, trust_pickle)
-    meta: dict[str, Any] = {"path": str(path), "extra": {}, "left_out": [], "dropped_keys": []}
-    if isinstance(payload, Mapping) and _is_state_dict(payload.get("model")):
-        sd = dict(payload["model"])
-        meta["nested"] = True
-        is_mini = payload.get("format") == MINIVOICE_FORMAT or (
-            isinstance(payload.get("config"), Mapping) and "number_text_tokens" in payload["config"])
-        meta["layout"] = "minivoice" if is_mini else "indextts2"
-        for key, value in payload.items():
-            if key == "model":
-                continue
-            if is_mini and key in ("format", "config", "meta"):
-                meta[key] = value
-            elif key not in TRAINING_STATE_KEYS and _json_like(value):
-                meta["extra"][key] = value
-            else:
-                meta["left_out"].append(key)
-    elif _is_state_dict(payload):
-        sd = dict(payload)
-        meta.update(nested=False, layout="indextts2")
-    else:
-        kind = type(payload).__name__
-        keys = list(payload)[:6] if isinstance(payload, Mapping) else []
-        raise ValueError(f"checkpoint {path} holds a {kind} {keys or ''} without a state dict; "
-                         f"expected a state dict with {', '.join(TEXT_KEYS)}, or one under 'model'")
-    prefix = _find_prefix(sd)
-    if prefix:
-        sd = {k.removeprefix(prefix): v for k, v in sd.items()}
-    meta["prefix"] = prefix
-    dropped = sorted(k for k in sd if k.startswith(DROP_PREFIX))
-    for key in dropped:
-        del sd[key]
-    meta["dropped_keys"] = dropped
-    rows, dim = check_text_tables(sd, f"checkpoint {path}")
-    meta.update(rows=rows, dim=dim)
-    return sd, meta
-
-
-def save_state_dict(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
-                    ) -> Path:
-    """Write ``state_dict`` atomically in the layout ``meta`` describes (from :func:`load_state_dict`).
-
-    A MiniVoice checkpoint gets its config's ``number_text_tokens`` set from the text tables
-    (rows - 1) and no ``train_state`` (optimizer state does not fit grown tables). An IndexTTS2
-    file gets its prefix back; ``inference_model.*`` keys stay out (IndexTTS2 rebuilds them).
-
-    Returns:
-        The path written.
-    """
-    rows, _ = check_text_tables(state_dict, "state dict to save")
-    layout = meta.get("layout", "indextts2")
-    sd = {k: v.detach().contiguous() for k, v in state_dict.items()}
-    prefix = meta.get("prefix", "")
-    if prefix:
-        sd = {prefix + k: v for k, v in sd.items()}
-    if layout == "minivoice":
-        config = dict(meta.get("config") or {})
-        config["number_text_tokens"] = rows - 1
-        payload: Any = {"format": meta.get("format", MINIVOICE_FORMAT), "config": config,
-                        "model": sd, "meta": dict(meta.get("meta") or {}), **meta.get("extra", {})}
-    elif meta.get("nested"):
-        payload = {**meta.get("extra", {}), "model": sd}
-    else:
-        payload = sd
-    path = Path(path)
-    with atomic_write(path, "wb") as fh:
-        torch.save(payload, fh)
-    return path
 
 
 # ----------------------------------------------------------------------------- growing
@@ -353,34 +77,7 @@ def record_path(checkpoint: str | Path) -> Path:
     return Path(str(checkpoint) + RECORD_SUFFIX)
 
 
-def expected_init_norm(name: str, dim: int, strategy: str = "indextts") -> float:
-    """Expected row norm (bias: mean absolute value) of a constructor-initialised row.
-
-    Embedding N(0, s) in d dims: s*sqrt(d) (s = 0.02 for ``indextts``, 1 for
-    ``torch-default``); head weight uniform ±1/sqrt(d): sqrt(d/3)/sqrt(d) = 1/sqrt(3); head bias
-    uniform ±1/sqrt(d): mean |b| = 1/(2 sqrt(d)).
-    """
-    if name == TEXT_KEYS[0]:
-        return (1.0 if strategy == "torch-default" else EMBEDDING_INIT_STD) * math.sqrt(dim)
-    if name == TEXT_KEYS[1]:
-        return 1.0 / math.sqrt(3.0)
-    return 0.5 / math.sqrt(dim)
-
-
-def base_rows_sha256(state_dict: Mapping[str, torch.Tensor], base_rows: int) -> str:
-    """sha256 over rows ``[0, base_rows)`` of the three text tables (detects any base change)."""
-    digest = hashlib.sha256()
-    for key in TEXT_KEYS:
-        t = state_dict[key][:base_rows].detach().cpu().contiguous()
-        digest.update(key.encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
 def _pieces(path: str | Path, what: str) -> list:
-    from .tokenizer import load_proto
-
     return list(load_proto(path, what).pieces)
 
 
@@ -392,9 +89,6 @@ def _generator(seed: int, key: str) -> torch.Generator:
 def _romanized_sources(tokenizer: str | Path, base_tokenizer: str | Path, base_vocab: int,
                        new_vocab: int, usable: set[int]) -> tuple[list[list[int]], list[dict]]:
     """Base ids to average for each added piece (empty list: fall back to the mean)."""
-    from .text import romanize
-    from .tokenizer import UNKNOWN, base_text_case, load_proto, processor
-
     base_proto = load_proto(base_tokenizer, "--base-tokenizer")
     sp = processor(base_proto)
     upper = base_text_case(base_proto) == "upper"
@@ -432,7 +126,7 @@ def grow_text_tables(state_dict: Mapping[str, torch.Tensor], base_vocab: int, ne
         tokenizer: the extended ``.model`` (needed by ``romanized``; checked and hashed if given).
         base_tokenizer: the base ``.model`` (needed by ``romanized``; checked and hashed if given).
         exclude_rows: base rows to leave out of the statistics; default: the rows that
-            :func:`amhelpers.diagnose.magikarp` flags as under-trained.
+            :func:`amhelpers.undertrained.undertrained_rows` flags.
 
     Returns:
         ``(new_state_dict, record)``; the record holds base/added rows, strategy, seed,
@@ -478,11 +172,9 @@ def grow_text_tables(state_dict: Mapping[str, torch.Tensor], base_vocab: int, ne
                          "(it encodes each added piece's romanisation with the base tokenizer)")
 
     if exclude_rows is None:
-        from .diagnose import magikarp
-
-        flagged = magikarp(state_dict, base_vocab, unused_rows=[base_vocab])["flagged_rows"]
+        flagged = undertrained_rows(state_dict, base_vocab, unused_rows=[base_vocab])["flagged_rows"]
         excluded = sorted(int(r) for r in flagged if r < base_vocab)
-        exclusion_rule = "magikarp"
+        exclusion_rule = "undertrained_rows"
     else:
         excluded = sorted({int(r) for r in exclude_rows if 0 <= int(r) < base_vocab})
         exclusion_rule = "given"

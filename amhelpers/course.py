@@ -2,7 +2,10 @@
 
 Everything is checked before anything is written: the profile, the ``--only`` prefixes, and the
 ``--out`` folder (writable, not the notebooks folder, not holding another run unless
-``--overwrite``).
+``--overwrite``). The profile reaches each notebook as its ``PROFILE`` parameter (papermill
+injects it after the cell tagged ``parameters``); ``$AMHELPERS_PROFILE`` is only the default of
+``--profile`` and of a notebook run by hand. After the run the executed notebooks are rendered
+as web pages with an index, ``<out>/html/index.html`` (``amhelpers.site``), unless ``--no-html``.
 """
 
 from __future__ import annotations
@@ -10,11 +13,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
-from . import settings
+from . import settings, site
 from .io import check_output_dir, same_file, write_text_atomic
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -54,12 +56,16 @@ def previous_run(out: Path, selected: list[Path]) -> list[Path]:
         old = json.loads((out / "report.json").read_text(encoding="utf-8"))
         names |= {Path(e["notebook"]).name for e in old["notebooks"]
                   if Path(e["notebook"]).match("[0-9][0-9]_*.ipynb")}
-    return sorted(p for p in (out / name for name in names) if p.is_file())
+    return sorted([p for p in (out / name for name in names) if p.is_file()]
+                  + site.previous_site(out / "html"))
 
 
 def run_course(profile: str | None, out: Path, only: list[str] | None = None,
-               folder: Path | None = None, overwrite: bool = False) -> dict:
+               folder: Path | None = None, overwrite: bool = False, html: bool = True) -> dict:
     """Execute the notebooks with papermill into ``out``; write ``out/report.json`` and ``.md``.
+
+    Each notebook gets the papermill parameter ``PROFILE=profile``; the environment is left as
+    it is.
 
     Args:
         profile: ``quick`` (smoke run) or ``full``; None: ``$AMHELPERS_PROFILE``, else full.
@@ -68,6 +74,8 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
         folder: the notebooks folder (default: this checkout's ``notebooks/``).
         overwrite: replace a previous run in ``out`` (its report and executed notebooks are
             deleted first); without it such a folder is refused.
+        html: render the executed notebooks and an index into ``out/html/`` (the report links
+            it; a rendering error is recorded in the report as ``html_error``).
 
     Returns:
         The report: per notebook, status and seconds.
@@ -83,12 +91,15 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
     folder = Path(folder) if folder is not None else NOTEBOOKS
     selected = select(folder, only)
     out = check_output_dir(out, "--out")
+    if html:  # checked before the run, not after an hour of notebooks
+        check_output_dir(out / "html", "--out's html folder")
     if same_file(out, folder) or out.resolve() == folder.resolve():
         raise ValueError(f"--out {out} is the notebooks folder; the executed notebooks would "
                          "replace the course's own: choose another --out (e.g. course_run)")
     old = previous_run(out, selected) if out.is_dir() else []
     if old and not overwrite:
-        raise ValueError(f"--out {out} holds another course run ({', '.join(p.name for p in old)}); "
+        names = ", ".join(p.relative_to(out).as_posix() for p in old)
+        raise ValueError(f"--out {out} holds another course run ({names}); "
                          "pass --overwrite to replace it, or choose another --out")
     try:
         import papermill
@@ -96,7 +107,6 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
         raise RuntimeError("papermill is not installed: run `python -m amhelpers.setup` "
                            "(it installs the dev extra)") from None
 
-    os.environ["AMHELPERS_PROFILE"] = profile
     out.mkdir(parents=True, exist_ok=True)
     for path in old:  # --overwrite: the previous run goes as a whole, so no stale notebook stays
         path.unlink()
@@ -106,7 +116,8 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
         status, error = "ok", None
         try:
             papermill.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3",
-                                       cwd=str(nb.parent), progress_bar=False)
+                                       parameters={"PROFILE": profile}, cwd=str(nb.parent),
+                                       progress_bar=False)
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
             status, error = "failed", (str(err).strip().splitlines() or [type(err).__name__])[-1]
         entry = {"notebook": nb.name, "status": status, "seconds": round(time.perf_counter() - start, 1)}
@@ -117,9 +128,19 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
         if status != "ok":
             break
     report["ok"] = all(e["status"] == "ok" for e in report["notebooks"])
+    if html:  # the old pages went with the old run above, so nothing of another run is replaced
+        try:
+            index = site.render_site(out, overwrite=True, report=report)
+            report["html"] = index.relative_to(out).as_posix()
+        except (OSError, ValueError, RuntimeError) as err:
+            report["html_error"] = str(err)
     write_text_atomic(out / "report.json", json.dumps(report, indent=1))
     lines = [f"# Course run ({profile})", "", "| notebook | status | seconds |", "| --- | --- | --- |"]
     lines += [f"| {e['notebook']} | {e['status']} | {e['seconds']} |" for e in report["notebooks"]]
+    if "html" in report:
+        lines += ["", f"The executed notebooks as web pages: [{report['html']}]({report['html']})"]
+    elif "html_error" in report:
+        lines += ["", f"HTML not rendered: {report['html_error']}"]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return report
 
@@ -137,10 +158,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace another course run in --out (its report and executed "
                              "notebooks are deleted first)")
+    parser.add_argument("--no-html", dest="html", action="store_false",
+                        help="do not render the executed notebooks and an index to <out>/html/")
     parser.add_argument("--notebooks", default=None, metavar="DIR",
                         help="the course's notebooks folder (default: notebooks/ of this checkout)")
-    parser.epilog = ("--out holding another course run (a report.json/report.md, or a notebook "
-                     "this run would write) is refused unless --overwrite; --out is never the "
+    parser.epilog = ("--out holding another course run (a report.json/report.md, a notebook "
+                     "this run would write, or pages in its html/ folder) is refused unless "
+                     "--overwrite; --out is never the "
                      "notebooks folder. Nothing is written before these checks pass.")
 
 
@@ -149,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
     profile = args.profile or settings.profile()  # an explicit flag wins over the variable
     report = run_course(profile, Path(args.out), args.only,
                         folder=Path(args.notebooks) if args.notebooks else None,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, **({} if args.html else {"html": False}))
     print(f"course {'ok' if report['ok'] else 'FAILED'}: report in {Path(args.out) / 'report.md'}")
+    if report.get("html"):
+        print(f"web pages: {Path(args.out) / report['html']}")
+    elif report.get("html_error"):
+        print(f"HTML not rendered: {report['html_error']}")
     return 0 if report["ok"] else 1

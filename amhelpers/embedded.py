@@ -2,7 +2,8 @@
 
 Every chapter that needs the base model, the codec or the manifests calls the functions here;
 each builds what is missing in the work folder and reuses what is there, so any notebook can
-run on its own. Layout under ``$AMHELPERS_HOME/embedded/<profile>/``::
+run on its own. Layout under ``$AMHELPERS_HOME/embedded/<profile>/`` (a variant with another
+target language or seed: ``<profile>-<base>-<target>``, ``<profile>-seed<n>``, see :func:`run_name`)::
 
     codec.npz                     frame-stacked k-means codebook (base + target train split)
     manifests/<tok>/<lang>_<split>.jsonl  (+ .meta.json with the input hash)
@@ -16,59 +17,23 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import corpus, settings
 from . import tokenizer as tk
 from .io import sha256_file, write_text_atomic
+from .settings import PROFILES, Profile  # the one registry of profiles; also used as embedded.*
 from .text import normalize
 
-
-@dataclass(frozen=True)
-class Profile:
-    """Sizes of one run of the course. ``quick`` is a smoke run for CI, ``full`` the course."""
-
-    name: str
-    base_lang: str = "eng"
-    target_lang: str = "amh"
-    base_train_phrases: int | None = None   # None: every phrase of the split
-    target_train_phrases: int | None = None
-    val_phrases: int = 300
-    eval_phrases: int = 20         # per fine-tuned model (chapters 3, 4); the test split holds 5x
-    base_eval_phrases: int = 100   # chapter 2's quality bar: 20 phrases are too few (README)
-    codebook_k: int = 512
-    codebook_vectors: int = 100_000
-    base_vocab: int = 500
-    add_vocab: int = 1000
-    pretrain_steps: int = 2000   # 15.5 minutes on a 2-core CPU (README, "Measured so far")
-    pretrain_batch_size: int = 16  # at equal compute, 2,000 x 16 beats 1,000 x 32 (README)
-    warmup_steps: int = 200
-    learning_rate: float = 1e-3
-    # Pretraining only: a guided-attention loss (DC-TTS) teaches the small model to read the
-    # text in order; length correlation 0.83 -> 0.91 at the same steps (README). Fine-tunes
-    # keep the IndexTTS2 trainer's recipe (no such loss).
-    guided_attention_weight: float = 1.0
-    batch_size: int = 32           # fine-tunes
-    val_every: int = 200
-    finetune_phrases: int = 1000   # a low-resource target: transfer from English must show
-    finetune_steps: int = 300
-    finetune_val_every: int = 100
-    seed: int = 0
-
-
-PROFILES = {
-    "full": Profile("full"),
-    "quick": Profile("quick", base_train_phrases=1200, target_train_phrases=600, val_phrases=100,
-                     eval_phrases=6, base_eval_phrases=6, codebook_vectors=30_000,
-                     pretrain_steps=150, pretrain_batch_size=32, warmup_steps=20, val_every=50,
-                     finetune_phrases=200, finetune_steps=40, finetune_val_every=20),
-}
+if TYPE_CHECKING:
+    from .trainconfig import TrainConfig
 
 
 def profile(name: str | None = None) -> Profile:
-    """Return the named profile (default ``$AMHELPERS_PROFILE``)."""
+    """Return the named profile of :data:`amhelpers.settings.PROFILES` (default
+    ``$AMHELPERS_PROFILE``, else ``full``)."""
     name = name or settings.profile()
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
@@ -79,10 +44,32 @@ def profile(name: str | None = None) -> Profile:
 # all of them (a correlation over 6 points is noise).
 TEST_PHRASES_QUICK = 30
 
+# The embedded default is a CPU course: its figures (README, notebooks) are measured on a CPU
+# and a GPU would change them in the last bits, so its runs train on the CPU wherever they run.
+# `python -m amhelpers train --device auto` uses a GPU for your own runs.
+EMBEDDED_DEVICE = "cpu"
+
+
+def run_name(p: Profile) -> str:
+    """The name of ``p``'s work folder and of the notebooks' default output folders.
+
+    A registered profile's name (``quick``, ``full``); a variant of one with another language
+    pair or seed (a notebook's ``TARGET_LANG`` or ``SEED``) gets ``-<base>-<target>`` and/or
+    ``-seed<n>`` appended (``quick-eng-tir``), so its codec, base model and runs never reuse or
+    replace the registered profile's. Other changes keep the name (the base model's key
+    retrains it); an unregistered name is used as it is.
+    """
+    name, ref = p.name, PROFILES.get(p.name)
+    if ref is not None and (p.base_lang, p.target_lang) != (ref.base_lang, ref.target_lang):
+        name += f"-{p.base_lang}-{p.target_lang}"
+    if ref is not None and p.seed != ref.seed:
+        name += f"-seed{p.seed}"
+    return name
+
 
 def folder(p: Profile) -> Path:
-    """Return ``$AMHELPERS_HOME/embedded/<profile>``."""
-    path = settings.home() / "embedded" / p.name
+    """Return the profile's work folder, ``$AMHELPERS_HOME/embedded/<run_name(p)>``."""
+    path = settings.home() / "embedded" / run_name(p)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -203,7 +190,7 @@ def base_model(p: Profile | None = None, progress: bool = True) -> Path:
         # save (its config.json / metrics.jsonl are ours to replace)
         overwrite=resume is None,
         guided_attention_weight=p.guided_attention_weight,
-        model={"number_mel_codes": p.codebook_k + 2})
+        device=EMBEDDED_DEVICE, model={"number_mel_codes": p.codebook_k + 2})
     result = train(cfg)
     write_text_atomic(done, json.dumps({"checkpoint": result["checkpoint"], "key": key,
                                         "profile": asdict(p), "result": result}, default=str))
@@ -279,18 +266,37 @@ class Finetune:
     """One way to extend the English base to the target language (chapters 3 and 4).
 
     The defaults are the original trainer's: constructor ("indextts") init for new rows,
-    every parameter trained at one learning rate, AdamW weight decay on everything.
+    every parameter trained at one learning rate, AdamW weight decay on everything. Every
+    field but ``name``, ``init`` and ``steps`` is the :class:`amhelpers.train.TrainConfig`
+    setting of the same name (``freeze`` is ``freeze_mode`` on the base rows), so a recipe
+    reaches the trainer only through :meth:`train_config`.
     """
 
     name: str
     init: str = "indextts"          # amhelpers.checkpoint.STRATEGIES
     learning_rate: float = 2e-5     # everything that is not a text table
     new_row_lr: float | None = None  # text tables; None: same as learning_rate
-    freeze: str | None = None       # None, "hook" (the original fix) or "exact"
-    decay_all: bool = True          # original: decay on every parameter
+    freeze: str | None = None       # None, "hook" (the original fix), "exact", "exact-sparse"
+    decay: str = "all"              # "all" (original) or "weights" (none on embeddings, norms)
     weight_decay: float = 0.01
     steps: int | None = None        # default: the profile's finetune_steps
     warmup_steps: int = 20
+    new_rows_only_steps: int = 0    # train only the text tables first (a staged schedule)
+    text_loss_weight: float = 0.1
+    mel_loss_weight: float = 1.0
+
+    def train_config(self, base_rows: int, **run: Any) -> TrainConfig:
+        """The trainer's settings for this recipe, the base rows ``[0, base_rows)`` frozen
+        when ``freeze`` is set; ``run`` gives the rest (manifests, output folder, steps...)."""
+        from .trainconfig import TrainConfig
+
+        return TrainConfig(
+            learning_rate=self.learning_rate, new_row_lr=self.new_row_lr,
+            freeze_base_rows=base_rows if self.freeze else None,
+            freeze_mode=self.freeze or "exact", decay=self.decay,
+            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+            new_rows_only_steps=self.new_rows_only_steps,
+            text_loss_weight=self.text_loss_weight, mel_loss_weight=self.mel_loss_weight, **run)
 
 
 def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, Any]:
@@ -303,13 +309,12 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
 
     Returns:
         ``run_dir``, ``checkpoint``, ``init``, ``base_rows``, ``val`` (last validation),
-        ``first_val``, ``drift`` (see :func:`amhelpers.diagnose.drift`), ``frozen_changed``.
+        ``first_val``, ``drift`` (see :func:`amhelpers.tables.drift_from_init`), ``frozen_changed``.
     """
     from . import checkpoint as ckpt
-    from .diagnose import drift
-    from .freeze import freeze_base_rows
-    from .optim import param_groups
-    from .train import TrainConfig, train
+    from .logs import read_metrics
+    from .tables import drift_from_init
+    from .train import train
 
     run_dir = folder(p) / "runs" / spec.name
     result_file = run_dir / "result.json"
@@ -335,30 +340,17 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
     ckpt.save_state_dict(init_path, grown, meta)
     ckpt.write_extension_record(init_path, record)
     steps = spec.steps or p.finetune_steps
-    cfg = TrainConfig(
+    cfg = spec.train_config(
+        base_vocab,
         train_manifest=str(manifest(p, p.target_lang, "train", ext_tok, progress, p.finetune_phrases)),
         val_manifest=str(manifest(p, p.target_lang, "val", ext_tok, progress)),
         tokenizer=str(ext_tok), output_dir=str(run_dir / "train"), init_checkpoint=str(init_path),
-        learning_rate=spec.learning_rate, weight_decay=spec.weight_decay,
-        warmup_steps=spec.warmup_steps, max_steps=steps, batch_size=p.batch_size,
-        val_every=p.finetune_val_every, save_every=steps, seed=p.seed, progress=progress)
-    handles: list = []
-
-    def groups(model, _cfg):
-        if spec.decay_all and spec.new_row_lr is None:
-            return [{"params": [q for q in model.parameters() if q.requires_grad]}]
-        return param_groups(model, base_vocab, spec.new_row_lr or spec.learning_rate,
-                            spec.learning_rate, spec.weight_decay)
-
-    def start(model, optimizer, _step):
-        if spec.freeze:
-            handles.append(freeze_base_rows(model, base_vocab, mode=spec.freeze).attach(optimizer))
-
-    out = train(cfg, param_groups_fn=groups, on_start=start)
+        max_steps=steps, batch_size=p.batch_size, val_every=p.finetune_val_every,
+        save_every=steps, seed=p.seed, progress=progress, device=EMBEDDED_DEVICE)
+    out = train(cfg)
     trained, _ = ckpt.load_state_dict(out["checkpoint"])
-    moved = drift(trained, grown, base_vocab)
-    metrics = [json.loads(line) for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines()]
-    val = [m for m in metrics if m.get("split") == "val"]
+    moved = drift_from_init(trained, grown, base_vocab)
+    val = read_metrics(run_dir / "train", split="val")
     frozen_changed = {name: int((trained[name][:base_vocab] != sd[name][:base_vocab]).any(-1).sum()
                                 if trained[name].dim() > 1 else
                                 (trained[name][:base_vocab] != sd[name][:base_vocab]).sum())
@@ -377,11 +369,11 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
 
 # The runs the course compares (chapters 3 and 4 share them through the cache).
 ORIGINAL = Finetune("original")  # the Amharic team's trainer: indextts init, lr 2e-5, decay on all
-ORIGINAL_FIX = Finetune("original_fix", learning_rate=5e-6, freeze="hook")  # ORIGINAL_FIX.md
+ORIGINAL_FIX = Finetune("original_fix", learning_rate=5e-6, freeze="hook")  # docs/original_fix.md
 FIX = Finetune("fix", init="mean", learning_rate=1e-4, new_row_lr=1e-3, freeze="exact",
-               decay_all=False)  # chapter 4: exact freeze, mean init, own LR, backbone at 1e-4
+               decay="weights")  # chapter 4: exact freeze, mean init, own LR, backbone at 1e-4
 FIX_NO_FREEZE = Finetune("fix_no_freeze", init="mean", learning_rate=1e-4, new_row_lr=1e-3,
-                         decay_all=False)
+                         decay="weights")
 
 
 def generation(p: Profile, result: Mapping[str, Any], lang: str | None = None) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """Freeze the base rows of the text tables while the new rows train: the fix, done right.
 
+Why this module is long: the handle must follow everything that can touch a table between two
+steps (``zero_grad``, ``GradScaler``, ``load_state_dict``, DDP's gradient buckets), and
+splitting those hooks across modules would hide how they interact (about 750 lines).
+
 A model whose tokenizer was extended from ``B`` to ``R - 1`` tokens has text tables with ``R``
 rows (``text_embedding.weight``, ``text_head.weight``, ``text_head.bias``); rows ``[0, B)`` hold
 what the base model learned and should not move, rows ``[B, R)`` are new and must train.
@@ -7,7 +11,7 @@ what the base model learned and should not move, rows ``[B, R)`` are new and mus
 :func:`freeze_base_rows` offers three modes:
 
 ``mode="hook"``
-    The original fix (ORIGINAL_FIX.md) exactly: a gradient hook (``param.register_hook``) that
+    The original fix (docs/original_fix.md) exactly: a gradient hook (``param.register_hook``) that
     zeroes ``grad[:B]``, nothing else. It leaks: AdamW applies ``p -= lr * wd * p`` to every
     parameter with a gradient, zero or not, so the "frozen" rows shrink by ``analytic_decay``;
     Adam moments restored from a checkpoint (pytorch/pytorch#18404) keep moving them too. The
@@ -75,10 +79,6 @@ resume.
 
 In every mode ``model.state_dict()`` keeps its keys and shapes (no reparametrisation), and
 ``handle.remove()`` takes every hook away so training is normal again.
-
-This module is longer than the usual 500 lines: the handle must follow everything that can
-touch a table between two steps (``zero_grad``, ``GradScaler``, ``load_state_dict``, DDP's
-gradient buckets), and splitting those hooks across modules would hide how they interact.
 """
 
 from __future__ import annotations

@@ -126,14 +126,7 @@ def check_output_file(path: str | os.PathLike, what: str = "--out",
                              f"your input: choose another {what} path")
     if path.is_dir():
         raise ValueError(f"{what} {path} is a directory; give a file path, e.g. {path / 'out'}")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{what} {path}: {parent} is a file, not a folder; choose a path in a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{what} {path}: the folder {parent} is not writable; "
-                              "choose a folder you can write to")
+    _check_writable_folder(path, path.parent, what, "choose a path in a folder", "the folder ")
     return path
 
 
@@ -147,15 +140,20 @@ def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} is a file, not a folder; give a folder path")
-    parent = path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{what} {path}: {parent} is a file, not a folder; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{what} {path}: {parent} is not writable; "
-                              "choose a folder you can write to")
+    _check_writable_folder(path, path, what, "choose another path", "")
     return path
+
+
+def _check_writable_folder(path: Path, folder: Path, what: str, fix: str, article: str) -> None:
+    """Refuse ``path`` when the nearest existing ``folder`` (or its parent) is a file or cannot
+    be written; ``fix`` and ``article`` word the two messages."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{what} {path}: {folder} is a file, not a folder; {fix}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: {article}{folder} is not writable; "
+                              "choose a folder you can write to")
 
 
 def describe_os_error(err: OSError) -> str:

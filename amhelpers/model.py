@@ -1,5 +1,9 @@
 """MiniVoice: a miniature IndexTTS2 GPT ("UnifiedVoice") that trains on a laptop CPU.
 
+Why this module is long: the config and its checks, the blocks with their KV cache, the losses,
+generation and the load-time shape checks describe one model and read together (about 650
+lines); checkpoint files are read and written by :mod:`amhelpers.ckptio`.
+
 The layout and parameter names follow UnifiedVoice (``indextts/gpt/model_v2.py``) where the
 course needs them to match, so the same diagnostics and fixes apply to both models:
 
@@ -28,8 +32,6 @@ import dataclasses
 import math
 import numbers
 import os
-import pickle
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amhelpers.io import atomic_write
+from amhelpers.ckptio import read_checkpoint, save_minivoice
 
-CHECKPOINT_FORMAT = "amhelpers.minivoice/1"
 IGNORE_INDEX = -100
 
 KVCache = list[tuple[Tensor, Tensor]]
@@ -277,12 +278,13 @@ class MiniVoice(nn.Module):
         # generate() sees), with no attention mask.
         text_len = text_lengths + 2
         length = int((text_len + code_lengths + 1).max())
-        pos = torch.arange(length)[None]
+        pos = torch.arange(length, device=text_ids.device)[None]
         packed = torch.where(pos < text_len[:, None], pos,
                              n_text + (pos - text_len[:, None]).clamp(max=n_mel - 1))
         probe: list[Tensor] | None = [] if guide_sigma is not None else None
         h, _ = self._transform(_take(x, packed), None, probe=probe)
-        mel_pos = (text_len[:, None] + torch.arange(n_mel)[None]).clamp(max=length - 1)
+        mel_pos = (text_len[:, None] + torch.arange(n_mel, device=h.device)[None]).clamp(
+            max=length - 1)
         text_logits = self.text_head(h[:, :n_text])
         mel_logits = self.mel_head(_take(h, mel_pos))
         out = {
@@ -316,13 +318,14 @@ class MiniVoice(nn.Module):
         if int(code_lengths.max()) > cfg.max_mel_tokens:
             raise ValueError(f"{int(code_lengths.max())} codes exceed "
                              f"max_mel_tokens={cfg.max_mel_tokens}")
-        real_text = text_ids[torch.arange(text_ids.shape[1]) < text_lengths[:, None]]
+        real_text = text_ids[torch.arange(text_ids.shape[1], device=text_ids.device)
+                             < text_lengths[:, None]]
         if real_text.numel() and not 0 <= int(real_text.min()) <= int(real_text.max()) \
                 < cfg.number_text_tokens:
             raise ValueError(f"text ids must be in [0, {cfg.number_text_tokens}) "
                              f"(number_text_tokens), got {int(real_text.min())}.."
                              f"{int(real_text.max())}")
-        real_codes = codes[torch.arange(codes.shape[1]) < code_lengths[:, None]]
+        real_codes = codes[torch.arange(codes.shape[1], device=codes.device) < code_lengths[:, None]]
         if real_codes.numel() and not 0 <= int(real_codes.min()) <= int(real_codes.max()) \
                 < cfg.codebook_size:
             raise ValueError(f"codes must be in [0, {cfg.codebook_size}) (the codebook), got "
@@ -402,9 +405,10 @@ class MiniVoice(nn.Module):
             The codes, without start/stop tokens.
         """
         cfg = self.config
+        dev = self.text_embedding.weight.device
         inputs = self._prompt(text_ids)[None]
         cap = cfg.max_mel_tokens if max_len is None else min(int(max_len), cfg.max_mel_tokens)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator(dev).manual_seed(seed) if seed is not None else None
         was_training = self.training
         self.eval()
         try:
@@ -422,7 +426,7 @@ class MiniVoice(nn.Module):
                 codes.append(code)
                 if len(codes) == cap:
                     break
-                step = self._mel_input(torch.tensor([code]), len(codes))
+                step = self._mel_input(torch.tensor([code], device=dev), len(codes))
                 inputs = step if use_cache else torch.cat([inputs, step], dim=1)
             return codes
         finally:
@@ -446,21 +450,22 @@ class MiniVoice(nn.Module):
         if not prompts:
             return []
         cap = cfg.max_mel_tokens if max_len is None else min(int(max_len), cfg.max_mel_tokens)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        dev = self.text_embedding.weight.device
+        generator = torch.Generator(dev).manual_seed(seed) if seed is not None else None
         b, width = len(prompts), max(len(p) for p in prompts)
-        inputs = torch.zeros(b, width, cfg.model_dim)
-        valid = torch.zeros(b, width, dtype=torch.bool)
+        inputs = torch.zeros(b, width, cfg.model_dim, device=dev)
+        valid = torch.zeros(b, width, dtype=torch.bool, device=dev)
         for i, prompt in enumerate(prompts):
             inputs[i, width - len(prompt):] = prompt
             valid[i, width - len(prompt):] = True
         # Causal over real keys; a padding query sees only itself (so no row is all -inf).
-        mask = torch.ones(width, width, dtype=torch.bool).tril_() & valid[:, None, :]
-        mask = (mask | torch.eye(width, dtype=torch.bool))[:, None]
+        mask = torch.ones(width, width, dtype=torch.bool, device=dev).tril_() & valid[:, None, :]
+        mask = (mask | torch.eye(width, dtype=torch.bool, device=dev))[:, None]
         was_training = self.training
         self.eval()
         try:
             codes: list[list[int]] = [[] for _ in prompts]
-            done = torch.zeros(b, dtype=torch.bool)
+            done = torch.zeros(b, dtype=torch.bool, device=dev)
             h, cache = self._transform(inputs, None, mask)
             for step in range(cap):
                 logits = self._next_logits(h[:, -1], step < min_len)
@@ -470,7 +475,7 @@ class MiniVoice(nn.Module):
                     codes[i].append(int(picked[i]))
                 if bool(done.all()) or step + 1 == cap:
                     break
-                valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool)], dim=1)
+                valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=dev)], dim=1)
                 h, cache = self._transform(self._mel_input(picked, step + 1), cache,
                                            valid[:, None, None, :])
             return codes
@@ -480,15 +485,17 @@ class MiniVoice(nn.Module):
     def _prompt(self, text_ids: Sequence[int] | Tensor) -> Tensor:
         """Embeddings (P, D) of ``[start_text text stop_text start_mel]``, ids checked."""
         cfg = self.config
-        text = torch.as_tensor(text_ids, dtype=torch.long).reshape(-1)
+        dev = self.text_embedding.weight.device
+        text = torch.as_tensor(text_ids, dtype=torch.long).reshape(-1).to(dev)
         if len(text) > cfg.max_text_tokens:
             raise ValueError(f"{len(text)} text tokens exceed max_text_tokens={cfg.max_text_tokens}")
         if len(text) and not 0 <= int(text.min()) <= int(text.max()) < cfg.number_text_tokens:
             raise ValueError(f"text ids must be in [0, {cfg.number_text_tokens})")
-        text_in = torch.cat([torch.tensor([cfg.start_text_token]), text,
-                             torch.tensor([cfg.stop_text_token])])
+        text_in = torch.cat([torch.tensor([cfg.start_text_token], device=dev), text,
+                             torch.tensor([cfg.stop_text_token], device=dev)])
         prefix = self.text_embedding(text_in) + self.text_pos_embedding(0, len(text_in))
-        return torch.cat([prefix, self._mel_input(torch.tensor([cfg.start_mel_token]), 0)[0]])
+        return torch.cat([prefix, self._mel_input(torch.tensor([cfg.start_mel_token], device=dev),
+                                                  0)[0]])
 
     def _mel_input(self, tokens: Tensor, position: int) -> Tensor:
         """Embeddings (B, 1, D) of one mel token per row, all at one mel position."""
@@ -523,11 +530,12 @@ def _with_start_stop(ids: Tensor, lengths: Tensor, start: int, stop: int) -> tup
     token of its row, where causal attention keeps it out of sight).
     """
     b, n = ids.shape
-    positions = torch.arange(n + 2)
+    positions = torch.arange(n + 2, device=ids.device)
     stop_at = (lengths + 1)[:, None]
-    inputs = torch.cat([torch.full((b, 1), start), ids, torch.full((b, 1), stop)], dim=1)
+    inputs = torch.cat([torch.full((b, 1), start, device=ids.device), ids,
+                        torch.full((b, 1), stop, device=ids.device)], dim=1)
     inputs = torch.where(positions < stop_at, inputs, torch.full_like(inputs, stop))
-    targets = torch.cat([ids, torch.full((b, 2), stop)], dim=1)
+    targets = torch.cat([ids, torch.full((b, 2), stop, device=ids.device)], dim=1)
     targets = torch.where(positions < stop_at - 1, targets, torch.full_like(targets, stop))
     targets = targets.masked_fill(positions >= stop_at, IGNORE_INDEX)
     return inputs, targets
@@ -553,14 +561,16 @@ def guided_attention_loss(probs: Tensor, text_len: Tensor, mel_len: Tensor, sigm
         The mean penalty per mel query, in [0, 1).
     """
     n_text, n_mel = int(text_len.max()), int(mel_len.max())
-    queries = (text_len[:, None] + torch.arange(n_mel)[None]).clamp(max=probs.shape[1] - 1)
+    dev = probs.device
+    queries = (text_len[:, None] + torch.arange(n_mel, device=dev)[None]).clamp(
+        max=probs.shape[1] - 1)
     attn = torch.gather(probs[:, :, :n_text], 1, queries[:, :, None].expand(-1, -1, n_text))
-    key_ok = torch.arange(n_text)[None] < text_len[:, None]                     # (B, T)
-    query_ok = torch.arange(n_mel)[None] < mel_len[:, None]                     # (B, M)
+    key_ok = torch.arange(n_text, device=dev)[None] < text_len[:, None]                   # (B, T)
+    query_ok = torch.arange(n_mel, device=dev)[None] < mel_len[:, None]                   # (B, M)
     attn = attn * key_ok[:, None]
     attn = attn / attn.sum(-1, keepdim=True).clamp_min(1e-9)
-    n = (torch.arange(n_mel)[None] + 0.5) / mel_len[:, None]                    # (B, M)
-    t = (torch.arange(n_text)[None] + 0.5) / text_len[:, None]                  # (B, T)
+    n = (torch.arange(n_mel, device=dev)[None] + 0.5) / mel_len[:, None]                  # (B, M)
+    t = (torch.arange(n_text, device=dev)[None] + 0.5) / text_len[:, None]                # (B, T)
     penalty = 1 - torch.exp(-(n[:, :, None] - t[:, None]) ** 2 / (2 * sigma ** 2))
     per_query = (attn * penalty).sum(-1)
     return (per_query * query_ok).sum() / query_ok.sum()
@@ -625,7 +635,8 @@ def save_checkpoint(path: str | os.PathLike, model: MiniVoice, *,
     """Save a model with its config, atomically (the file is complete or untouched).
 
     The file is a dict ``{"format", "config", "model", "meta"[, "train_state"]}``; weights sit
-    under ``"model"`` as in IndexTTS2's ``gpt.pth``.
+    under ``"model"`` as in IndexTTS2's ``gpt.pth`` (written by :func:`amhelpers.ckptio.save_minivoice`;
+    read back by :func:`amhelpers.ckptio.read_checkpoint`).
 
     Args:
         path: the checkpoint file (``*.pt``).
@@ -636,73 +647,8 @@ def save_checkpoint(path: str | os.PathLike, model: MiniVoice, *,
     Returns:
         The path written.
     """
-    payload: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "config": model.config.to_dict(),
-        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "meta": meta,
-    }
-    if train_state is not None:
-        payload["train_state"] = train_state
-    path = Path(path)
-    with atomic_write(path, "wb") as fh:
-        torch.save(payload, fh)
-    return path
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a MiniVoice checkpoint file as its raw dict (safe ``weights_only`` loading).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the path is a folder, or the file is not a (complete) MiniVoice checkpoint;
-            the message names the file and says what it holds instead.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {path} is a folder; give a checkpoint file such as "
-                         f"{path / 'ckpt_00001000.pt'}")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    with open(path, "rb") as fh:
-        head = fh.read(64)
-    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or a legacy pickle
-        raise ValueError(f"checkpoint {path} cannot be read: {_describe_head(head)}, not a torch "
-                         "checkpoint; give a .pt file written by `python -m amhelpers train`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # a pickle of other objects than tensors and dicts
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = (f"it pickles {found.group(1)}" if found else
-                (str(err).strip().splitlines() or [type(err).__name__])[0])
-        raise ValueError(f"checkpoint {path} cannot be read: {what}, which a safe (weights-only) "
-                         "load refuses; it is not a MiniVoice checkpoint") from None
-    except Exception as err:  # noqa: BLE001 (a damaged zip or pickle raises many types)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(f"checkpoint {path} cannot be read: it is truncated or damaged "
-                         f"({type(err).__name__}"
-                         f"{': ' + first if first else ''}); was its copy or download "
-                         "interrupted? use another checkpoint") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a MiniVoice checkpoint (no format {CHECKPOINT_FORMAT!r}); "
-                         "a real IndexTTS2 gpt.pth is read by amhelpers.checkpoint")
-    return payload
-
-
-def _describe_head(head: bytes) -> str:
-    """Say what the first bytes of a file that is not a torch file look like."""
-    if not head:
-        return "the file is empty"
-    for cut in range(4):  # the 64 bytes may end inside a multi-byte character
-        try:
-            text = head[:len(head) - cut].decode("utf-8")
-            break
-        except UnicodeDecodeError:
-            continue
-    else:
-        return f"it starts with bytes {head[:8]!r}"
-    first = text.strip().splitlines()[0][:40] if text.strip() else text[:40]
-    return f"it is a text file (starts with {first!r})"
+    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return save_minivoice(path, model.config.to_dict(), weights, meta, train_state)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[MiniVoice, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Optimizer parameter groups for extending text tables: new-row learning rate, decay rules.
+"""The optimizer of a training run: parameter groups, new-row learning rate, decay, schedules.
 
 :func:`param_groups` splits a model into up to four AdamW groups:
 
@@ -14,8 +14,9 @@ group ``name``        parameters                       ``lr``            weight 
                       every 0-/1-D parameter
 ====================  ===============================  ================  ==============
 
-The decay rule is XTTS's ``optimizer_wd_only_on_weights`` (coqui TTS, GPT trainer): no weight
-decay on ``nn.Embedding`` tables, biases or normalisation layers. Each group carries
+The decay rule (``decay="weights"``) is XTTS's ``optimizer_wd_only_on_weights`` (coqui TTS,
+GPT trainer): no weight decay on ``nn.Embedding`` tables, biases or normalisation layers.
+``decay="all"`` keeps the IndexTTS2 trainer's decay on every group. Each group carries
 ``"role"`` (``"tables"`` or ``"body"``) so :class:`StagedSchedule` can tell them apart.
 
 The frozen part of the tables is :mod:`amhelpers.freeze`'s business; the two compose::
@@ -26,17 +27,27 @@ The frozen part of the tables is :mod:`amhelpers.freeze`'s business; the two com
     handle.attach(opt)
 
 (``make_optimizer(model, cfg, freeze_handle=handle)`` does the same in one call.)
+
+The trainer's one route from its settings to an optimizer is :func:`training_optimizer`: a
+:class:`amhelpers.train.TrainConfig` names the freeze (``freeze_base_rows``, ``freeze_mode``),
+the new-row learning rate, the decay policy and the staged schedule, and gets the freeze
+handle, the AdamW optimizer and the warmup-cosine scheduler built from them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from amhelpers.freeze import DEFAULT_NAMES, FreezeHandle, _resolve
+from amhelpers.freeze import DEFAULT_NAMES, FreezeHandle, freeze_base_rows
+
+DECAY_POLICIES = ("all", "weights")
+"""``all``: weight decay on every parameter (IndexTTS2's trainer); ``weights``: XTTS's rule."""
 
 NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
                 nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm)
@@ -51,10 +62,34 @@ def _no_decay(name: str, param: nn.Parameter, owner: nn.Module | None) -> bool:
                                   or "norm" in type(owner).__name__.lower())
 
 
+def text_tables(model: nn.Module, names: Iterable[str] = DEFAULT_NAMES
+                ) -> dict[str, nn.Parameter]:
+    """The model's text tables: each name is a parameter's full name or its unique suffix.
+
+    Raises:
+        ValueError: a name matches no parameter, or several; the message lists the model's
+            table-like parameters.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    found: dict[str, nn.Parameter] = {}
+    for name in names:
+        matches = [name] if name in params else [n for n in params if n.endswith("." + name)]
+        if len(matches) != 1:
+            similar = [n for n in params if "text" in n or "embedding" in n or "head" in n]
+            raise ValueError(
+                f"names: the model has no parameter {name!r}"
+                + (f" (several end with it: {matches})" if matches else "")
+                + f"; matching parameters it has: {(similar or sorted(params))[:20]}. Pass "
+                "names=(...) with the model's own table names.")
+        found[matches[0]] = params[matches[0]]
+    return found
+
+
 def param_groups(model: nn.Module, base_rows: int | None = None, new_row_lr: float | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.01,
                  names: Iterable[str] = DEFAULT_NAMES, *,
-                 freeze_handle: FreezeHandle | None = None) -> list[dict[str, Any]]:
+                 freeze_handle: FreezeHandle | None = None,
+                 decay: str = "weights") -> list[dict[str, Any]]:
     """Build optimizer parameter groups (see the module docstring for the table).
 
     Args:
@@ -69,6 +104,8 @@ def param_groups(model: nn.Module, base_rows: int | None = None, new_row_lr: flo
             ``text_head.bias``).
         freeze_handle: a :func:`amhelpers.freeze.freeze_base_rows` handle; in exact-sparse
             mode each table is replaced by its trainable-row leaf.
+        decay: ``"weights"`` (XTTS: no decay on embeddings, biases, norms) or ``"all"``
+            (every group decays by ``weight_decay``, as the IndexTTS2 trainer).
 
     Returns:
         a list of groups (empty groups dropped), each ``{"params", "lr", "weight_decay",
@@ -77,8 +114,10 @@ def param_groups(model: nn.Module, base_rows: int | None = None, new_row_lr: flo
     if lr < 0 or weight_decay < 0 or (new_row_lr is not None and new_row_lr < 0):
         raise ValueError(f"lr, new_row_lr and weight_decay must be >= 0, got lr={lr}, "
                          f"new_row_lr={new_row_lr}, weight_decay={weight_decay}")
+    if decay not in DECAY_POLICIES:
+        raise ValueError(f"decay={decay!r}: choose one of {', '.join(DECAY_POLICIES)}")
     new_row_lr = lr if new_row_lr is None else new_row_lr
-    tables = _resolve(model, tuple(names))
+    tables = text_tables(model, tuple(names))
     table_ids = {id(p) for p in tables.values()}
     if base_rows is not None:
         for name, p in tables.items():
@@ -107,7 +146,7 @@ def param_groups(model: nn.Module, base_rows: int | None = None, new_row_lr: flo
             continue
         role, kind = key.split("/")
         group = {"params": params, "lr": new_row_lr if role == "tables" else lr,
-                 "weight_decay": weight_decay if kind == "decay" else 0.0,
+                 "weight_decay": weight_decay if kind == "decay" or decay == "all" else 0.0,
                  "name": key, "role": role}
         if role == "tables" and base_rows is not None:
             group["base_rows"] = base_rows
@@ -126,8 +165,9 @@ def make_optimizer(model: nn.Module, cfg_like: Any, *,
     """AdamW over :func:`param_groups`, configured from a TrainConfig-like object or dict.
 
     Reads ``learning_rate`` (default 1e-3), ``weight_decay`` (0.01), ``new_row_lr`` (default
-    the learning rate), ``base_rows`` (optional) and ``freeze_names`` (default the three text
-    tables). Attaches ``freeze_handle`` to the new optimizer when given.
+    the learning rate), ``base_rows`` (optional), ``freeze_names`` (default the three text
+    tables) and ``decay`` (default ``"weights"``). Attaches ``freeze_handle`` to the new
+    optimizer when given. (The trainer builds its optimizer with :func:`training_optimizer`.)
     """
     lr = float(_cfg_get(cfg_like, "learning_rate", 1e-3))
     wd = float(_cfg_get(cfg_like, "weight_decay", 0.01))
@@ -138,7 +178,8 @@ def make_optimizer(model: nn.Module, cfg_like: Any, *,
     names = _cfg_get(cfg_like, "freeze_names", None) or (
         tuple(freeze_handle.params) if freeze_handle is not None else DEFAULT_NAMES)
     groups = param_groups(model, base_rows, None if new_row_lr is None else float(new_row_lr),
-                          lr, wd, names, freeze_handle=freeze_handle)
+                          lr, wd, names, freeze_handle=freeze_handle,
+                          decay=_cfg_get(cfg_like, "decay", "weights"))
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
     if freeze_handle is not None:
         freeze_handle.attach(optimizer)
@@ -193,3 +234,56 @@ class StagedSchedule:
 
     def __repr__(self) -> str:
         return f"StagedSchedule(new_rows_only_steps={self.new_rows_only_steps})"
+
+
+# ----------------------------------------------------------------------- the trainer's route
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int) -> float:
+    """Learning-rate factor: linear warmup to 1, then cosine decay to 0 at ``max_steps``.
+
+    Args:
+        step: optimizer steps already taken (0 for the first step).
+        warmup_steps: steps of linear warmup.
+        max_steps: the step at which the factor reaches 0.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def needs_groups(cfg: Any) -> bool:
+    """Whether a TrainConfig asks for :func:`param_groups` (else one group holds everything)."""
+    return (cfg.freeze_base_rows is not None or cfg.new_row_lr is not None
+            or cfg.decay != "all" or cfg.new_rows_only_steps > 0)
+
+
+def training_optimizer(model: nn.Module, cfg: Any) -> tuple[
+        torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, FreezeHandle | None]:
+    """The freeze, optimizer and scheduler a :class:`amhelpers.train.TrainConfig` asks for.
+
+    Reads ``freeze_base_rows`` and ``freeze_mode`` (rows ``[0, N)`` of the text tables kept
+    still: ``hook``, ``exact`` or ``exact-sparse``), ``learning_rate``, ``new_row_lr``,
+    ``weight_decay``, ``decay`` (:data:`DECAY_POLICIES`), ``warmup_steps``, ``max_steps`` and
+    ``new_rows_only_steps`` (:class:`StagedSchedule`). With none of the grouping settings
+    (:func:`needs_groups`) AdamW gets one group with every trainable parameter, as in the
+    IndexTTS2 trainer.
+
+    Returns:
+        ``(optimizer, scheduler, handle)``; ``handle`` (None without a freeze) is not yet
+        attached: call ``handle.attach(optimizer)`` once the optimizer state is final (after
+        loading a checkpoint's).
+    """
+    handle = (freeze_base_rows(model, cfg.freeze_base_rows, mode=cfg.freeze_mode)
+              if cfg.freeze_base_rows is not None else None)
+    if needs_groups(cfg):
+        groups = param_groups(model, cfg.freeze_base_rows, cfg.new_row_lr, cfg.learning_rate,
+                              cfg.weight_decay, freeze_handle=handle, decay=cfg.decay)
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    schedule = partial(warmup_cosine, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
+    if cfg.new_rows_only_steps > 0:
+        scheduler = StagedSchedule(cfg.new_rows_only_steps).scheduler(optimizer, schedule)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return optimizer, scheduler, handle

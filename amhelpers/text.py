@@ -1,7 +1,7 @@
 """One text normaliser for tokenizer training, data building and inference; Ethiopic helpers.
 
 ``normalize(text, lang)`` is the only normaliser in the project. Using the same function in
-every stage avoids the train/inference mismatch that FACTS.md lists among the causes of the
+every stage avoids the train/inference mismatch that docs/original_fix.md lists among the causes of the
 original Amharic failure.
 """
 

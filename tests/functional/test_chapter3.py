@@ -1,6 +1,6 @@
 """Chapter 3's claims on the quick profile: the checklist names the right first cause."""
 
-from amhelpers import corpus, diagnose, embedded
+from amhelpers import causes, corpus, diagnose, embedded
 from amhelpers import tokenizer as tk
 
 
@@ -15,7 +15,7 @@ def test_ranked_causes_for_reproduced_failure_and_naive_tokenizer(hornmt_dir, co
                                tokenizer=embedded.extended_tokenizer(p), text="amh", lang="amh",
                                log=f"{run['run_dir']}/train")
     assert report["unk"]["unk_rate"] == 0.0
-    assert report["causes"][0]["cause"] == diagnose.CAUSE_NOT_MOVING
+    assert report["causes"][0]["cause"] == causes.CAUSE_NOT_MOVING
 
     naive = tmp_path / "naive.model"
     tk.extend(embedded.base_tokenizer(p), corpus.split_lines("amh", "train"), "amh", p.add_vocab,
@@ -23,4 +23,4 @@ def test_ranked_causes_for_reproduced_failure_and_naive_tokenizer(hornmt_dir, co
     report = diagnose.diagnose(run["checkpoint"], run["base_rows"], init_snapshot=run["init"],
                                tokenizer=naive, text="amh", lang="amh")
     assert report["unk"]["unk_rate"] > 0.05
-    assert report["causes"][0]["cause"] == diagnose.CAUSE_UNK
+    assert report["causes"][0]["cause"] == causes.CAUSE_UNK

@@ -15,6 +15,7 @@ import torch
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from amhelpers import checkpoint as ck
+from amhelpers import ckptio, tables
 from amhelpers import tokenizer as tk
 from amhelpers.io import sha256_file
 
@@ -64,7 +65,7 @@ def indextts_state_dict(base: int, d: int = D) -> dict[str, torch.Tensor]:
 def minivoice_payload(base: int, d: int = D) -> dict:
     sd = pretrained_tables(base, d)
     sd["mel_head.weight"] = torch.randn(18, d)
-    return {"format": ck.MINIVOICE_FORMAT,
+    return {"format": ckptio.MINIVOICE_FORMAT,
             "config": {"number_text_tokens": base, "number_mel_codes": 18, "model_dim": d},
             "model": sd, "meta": {"step": 7, "tokenizer": "base.model"},
             "train_state": {"optimizer": {"state": {}, "param_groups": []}, "step": 7}}
@@ -101,12 +102,12 @@ def cli(argv: list[str]) -> int:
 def test_load_minivoice_layout_and_save_roundtrip(tmp_path):
     path = tmp_path / "mini.pt"
     torch.save(minivoice_payload(40), path)
-    sd, meta = ck.load_state_dict(path)
+    sd, meta = ckptio.load_state_dict(path)
     assert meta["layout"] == "minivoice" and meta["nested"] and meta["rows"] == 41
     assert meta["config"]["number_text_tokens"] == 40 and "train_state" in meta["left_out"]
-    out = ck.save_state_dict(tmp_path / "copy.pt", sd, meta)
+    out = ckptio.save_state_dict(tmp_path / "copy.pt", sd, meta)
     raw = torch.load(out, weights_only=True)
-    assert raw["format"] == ck.MINIVOICE_FORMAT and raw["meta"]["step"] == 7
+    assert raw["format"] == ckptio.MINIVOICE_FORMAT and raw["meta"]["step"] == 7
     assert "train_state" not in raw
     assert torch.equal(raw["model"]["text_head.bias"], sd["text_head.bias"])
 
@@ -118,13 +119,13 @@ def test_load_indextts2_layout_drops_inference_model(tmp_path, nested):
         if nested else sd0
     path = tmp_path / "gpt.pth"
     torch.save(payload, path)
-    sd, meta = ck.load_state_dict(path)
+    sd, meta = ckptio.load_state_dict(path)
     assert meta["layout"] == "indextts2" and meta["nested"] is nested
     assert not any(k.startswith("inference_model.") for k in sd)
     assert len(meta["dropped_keys"]) == 2 and meta["rows"] == 51 and meta["dim"] == D
     if nested:
         assert meta["extra"] == {"step": 1234} and meta["left_out"] == ["optimizer"]
-    ck.save_state_dict(tmp_path / "out.pth", sd, meta)
+    ckptio.save_state_dict(tmp_path / "out.pth", sd, meta)
     raw = torch.load(tmp_path / "out.pth", weights_only=True)
     keys = raw["model"] if nested else raw
     assert set(keys) == set(sd) and (raw["step"] == 1234 if nested else True)
@@ -133,9 +134,9 @@ def test_load_indextts2_layout_drops_inference_model(tmp_path, nested):
 def test_compile_prefix_is_stripped_and_restored(tmp_path):
     sd0 = {"_orig_mod." + k: v for k, v in indextts_state_dict(20).items()}
     torch.save({"model": sd0}, tmp_path / "c.pth")
-    sd, meta = ck.load_state_dict(tmp_path / "c.pth")
+    sd, meta = ckptio.load_state_dict(tmp_path / "c.pth")
     assert meta["prefix"] == "_orig_mod." and "text_embedding.weight" in sd
-    ck.save_state_dict(tmp_path / "d.pth", sd, meta)
+    ckptio.save_state_dict(tmp_path / "d.pth", sd, meta)
     assert "_orig_mod.text_head.bias" in torch.load(tmp_path / "d.pth", weights_only=True)["model"]
 
 
@@ -159,23 +160,23 @@ def test_minivoice_checkpoint_from_model_module(tmp_path, tokenizers):
 # ----------------------------------------------------------------------------- errors
 def test_missing_and_corrupted_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        ck.load_state_dict(tmp_path / "nope.pth")
+        ckptio.load_state_dict(tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"this is not a torch file at all")
-    with pytest.raises(ValueError, match=r"bad\.pth.*(corrupted|not a torch file)"):
-        ck.load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"bad\.pth cannot be read: it is a text file.*not a torch checkpoint"):
+        ckptio.load_state_dict(bad)
     truncated = tmp_path / "trunc.pth"
     torch.save(indextts_state_dict(10), tmp_path / "full.pth")
     truncated.write_bytes((tmp_path / "full.pth").read_bytes()[:500])
-    with pytest.raises(ValueError, match="trunc.pth"):
-        ck.load_state_dict(truncated)
+    with pytest.raises(ValueError, match=r"trunc\.pth cannot be read: it is truncated or damaged"):
+        ckptio.load_state_dict(truncated)
 
 
 def test_checkpoint_without_text_tables(tmp_path):
     torch.save({"mel_head.weight": torch.zeros(3, 4), "gpt.h.0.ln_1.weight": torch.ones(4)},
                tmp_path / "mel.pth")
     with pytest.raises(ValueError) as err:
-        ck.load_state_dict(tmp_path / "mel.pth")
+        ckptio.load_state_dict(tmp_path / "mel.pth")
     msg = str(err.value)
     assert "mel.pth" in msg and "text_embedding.weight" in msg and "mel_head.weight" in msg
 
@@ -205,7 +206,7 @@ def test_grow_each_strategy(strategy, tokenizers):
     kw = {"tokenizer": ext_path, "base_tokenizer": base_path} if strategy == "romanized" else {}
     grown, record = ck.grow_text_tables(sd, n_base, n_ext, strategy, seed=3, **kw)
     assert grown["mel_head.weight"] is sd["mel_head.weight"]
-    for key in ck.TEXT_KEYS:
+    for key in tables.TEXT_KEYS:
         old, new = sd[key], grown[key]
         assert new.shape[0] == n_ext + 1 and new.shape[1:] == old.shape[1:] and new.dtype == old.dtype
         assert torch.equal(new[:n_base], old[:n_base])          # base rows bit-identical
@@ -218,7 +219,7 @@ def test_grow_each_strategy(strategy, tokenizers):
     assert set(CONTROL_ROWS) <= set(record["stat_rows_excluded"])
     assert len(record["stat_rows_excluded"]) <= 4
     again, _ = ck.grow_text_tables(sd, n_base, n_ext, strategy, seed=3, **kw)
-    assert all(torch.equal(again[k], grown[k]) for k in ck.TEXT_KEYS)   # deterministic
+    assert all(torch.equal(again[k], grown[k]) for k in tables.TEXT_KEYS)   # deterministic
 
     emb = grown["text_embedding.weight"][n_base:n_ext]
     used = [i for i in range(n_base) if i not in record["stat_rows_excluded"]]
@@ -292,12 +293,12 @@ def test_initial_state_from_record_is_exact(tokenizers):
         trained["text_embedding.weight"][n_base:n_ext] += 0.5
         init, exact = ck.initial_state_from_record(trained, record)
         assert exact
-        assert all(torch.equal(init[k], grown[k]) for k in ck.TEXT_KEYS)
+        assert all(torch.equal(init[k], grown[k]) for k in tables.TEXT_KEYS)
 
 
 def test_python_objects_need_trust_pickle(tmp_path):
     torch.save({"model": pretrained_tables(5), "args": argparse.Namespace(lr=2e-5)}, tmp_path / "o.pth")
-    with pytest.raises(ValueError, match=r"o\.pth holds Python objects.*trust_pickle"):
-        ck.load_state_dict(tmp_path / "o.pth")
-    sd, meta = ck.load_state_dict(tmp_path / "o.pth", trust_pickle=True)
+    with pytest.raises(ValueError, match=r"o\.pth cannot be read: it pickles argparse\.Namespace.*trust_pickle"):
+        ckptio.load_state_dict(tmp_path / "o.pth")
+    sd, meta = ckptio.load_state_dict(tmp_path / "o.pth", trust_pickle=True)
     assert meta["left_out"] == ["args"] and sd["text_head.bias"].shape == (6,)

@@ -18,6 +18,7 @@ from test_checkpoint import indextts_state_dict, pretrained_tables, tokenizers  
 
 from amhelpers import __main__ as cli_main
 from amhelpers import checkpoint as ck
+from amhelpers import ckptio, tables
 
 
 def extend_argv(ckpt, base, ext, out, *extra) -> list[str]:
@@ -142,7 +143,7 @@ def test_code_in_a_pickle_is_refused_even_when_trusted(tmp_path):
         torch.save({"model": pretrained_tables(5), "x": Evil(fn)}, path)
         for trust in (False, True):
             with pytest.raises(ValueError) as err:
-                ck.load_state_dict(path, trust_pickle=trust)
+                ckptio.load_state_dict(path, trust_pickle=trust)
             msg = str(err.value)
             assert "asks to call" in msg and name in msg and "also with --trust-pickle" in msg
             assert "\n" not in msg
@@ -153,11 +154,11 @@ def test_python_objects_message_says_what_trust_pickle_does(tmp_path):
     path = tmp_path / "o.pth"
     torch.save({"model": pretrained_tables(5), "args": argparse.Namespace(lr=2e-5)}, path)
     with pytest.raises(ValueError) as err:
-        ck.load_state_dict(path)
+        ckptio.load_state_dict(path)
     msg = str(err.value)
     assert "argparse.Namespace" in msg and "--trust-pickle" in msg
     assert "weights_only=False" in msg and "runs" in msg and "source you trust" in msg
-    assert ck.load_state_dict(path, trust_pickle=True)[1]["left_out"] == ["args"]
+    assert ckptio.load_state_dict(path, trust_pickle=True)[1]["left_out"] == ["args"]
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -166,16 +167,59 @@ def test_not_a_torch_file_messages(tmp_path):
     text.write_text("step 1000: loss 4.2\nstep 2000: loss 3.9\n", encoding="utf-8")
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps({"text_embedding.weight": [[0.0]]}, protocol=4))
-    for path, extra in ((text, ": it looks like a text file"), (plain, "")):
+    for path, what in ((text, "it is a text file (starts with 'step 1000: loss 4.2')"),
+                       (plain, "it is truncated or damaged, or not written by torch.save")):
         for trust in (False, True):
             with pytest.raises(ValueError) as err:
-                ck.load_state_dict(path, trust_pickle=trust)
+                ckptio.load_state_dict(path, trust_pickle=trust)
             msg = str(err.value)
-            assert f"{path.name} is corrupted or not a torch file" in msg and extra in msg
+            assert f"{path.name} cannot be read: {what}" in msg and "\n" not in msg
             assert "--trust-pickle cannot repair" in msg and "files you trust" in msg
     (tmp_path / "run").mkdir()
-    with pytest.raises(ValueError, match=r"run is a folder; give the checkpoint file"):
-        ck.load_state_dict(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"run is a folder; give a checkpoint file in it"):
+        ckptio.load_state_dict(tmp_path / "run")
+
+
+def test_a_checkpoint_cut_anywhere_is_named_as_truncated(tmp_path, capsys):
+    """torch raises OSError [Errno 22] (no file name) for a zip cut at most lengths; the CLI
+    printed only 'error: [Errno 22] Invalid argument'."""
+    full = tmp_path / "full.pth"
+    torch.save({"model": indextts_state_dict(200)}, full)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.pth"
+    for n in range(64, len(data), len(data) // 30):
+        cut.write_bytes(data[:n])
+        for trust in (False, True):
+            with pytest.raises(ValueError) as err:
+                ckptio.load_state_dict(cut, trust_pickle=trust)
+            assert "cut.pth cannot be read: it is truncated or damaged" in str(err.value), n
+        with pytest.raises(ValueError, match=r"cut\.pth cannot be read: it is truncated or damaged"):
+            ckptio.read_checkpoint(cut)
+        rc, _, err = run_cli(["checkpoint", "info", "--checkpoint", str(cut)], capsys)
+        assert rc == 2 and "cut.pth cannot be read: it is truncated" in err and err.count("\n") == 1
+
+
+def test_one_reader_one_description_for_both_layouts(tmp_path):
+    """The trainer's reader (read_checkpoint) and checkpoint/diagnose's (load_state_dict) say the
+    same thing about the same file; only the latter, which has --trust-pickle, mentions it."""
+    text, empty, obj, code = (tmp_path / n for n in ("t.pt", "e.pt", "o.pt", "c.pt"))
+    text.write_text("step 1: loss 4\n", encoding="utf-8")
+    empty.write_bytes(b"")
+    torch.save({"model": pretrained_tables(5), "args": argparse.Namespace(lr=1)}, obj)
+    torch.save({"model": pretrained_tables(5), "x": os.system}, code)
+    cases = {text: f"checkpoint {text} cannot be read: it is a text file (starts with 'step 1: "
+                   "loss 4'), not a torch checkpoint",
+             empty: f"checkpoint {empty} cannot be read: the file is empty, not a torch checkpoint",
+             obj: f"checkpoint {obj} cannot be read: it pickles argparse.Namespace, which a safe "
+                  "(weights-only) load refuses",
+             code: f"checkpoint {code} asks to call posix.system when loaded: that is code"}
+    for path, core in cases.items():
+        with pytest.raises(ValueError) as trainer:
+            ckptio.read_checkpoint(path)
+        with pytest.raises(ValueError) as checkpoint:
+            ckptio.load_state_dict(path)
+        assert core in str(trainer.value) and core in str(checkpoint.value)
+        assert "--trust-pickle" not in str(trainer.value) and "--trust-pickle" in str(checkpoint.value)
 
 
 # ----------------------------------------------------------------------------- NaN rows
@@ -191,7 +235,7 @@ def test_non_finite_rows_are_named(tmp_path, tokenizers, capsys):  # noqa: F811
     assert "text_embedding.weight: 2 rows with nan (7, 11)" in msg
     assert "text_head.bias: 1 row with inf (9)" in msg and "earlier checkpoint" in msg
     assert not (tmp_path / "out.pth").exists()
-    assert ck.non_finite_rows(sd) == {"text_embedding.weight": {"nan": [7, 11], "inf": []},
+    assert tables.non_finite_rows(sd) == {"text_embedding.weight": {"nan": [7, 11], "inf": []},
                                       "text_head.bias": {"nan": [], "inf": [9]}}
     with pytest.raises(ValueError, match="rows with nan"):
         ck.grow_text_tables(sd, n_base, n_base + 3)
@@ -208,7 +252,7 @@ def test_extend_bad_inputs_are_one_line(tmp_path, tokenizers, gpt, capsys):  # n
     out = tmp_path / "out.pth"
     cases = [
         (extend_argv(tmp_path / "nope.pth", base, ext, out), "nope.pth does not exist"),
-        (extend_argv(tmp_path / "text.pth", base, ext, out), "it looks like a text file"),
+        (extend_argv(tmp_path / "text.pth", base, ext, out), "cannot be read: it is a text file"),
         (extend_argv(tmp_path / "mel.pth", base, ext, out), "has no text tables"),
         (extend_argv(tmp_path / "big.pth", base, ext, out), "is this the checkpoint trained with"),
         (extend_argv(gpt, base, base, out), "is not an extension of --base-tokenizer"),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -12,20 +15,22 @@ from amhelpers import course
 from amhelpers.__main__ import main
 
 
-def _notebook(path: Path, code: str) -> None:
+def _notebook(path: Path, code: str, parameters: str = "PROFILE = None") -> None:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(code)]
+    nb.cells = [nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(code)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
 
 
 @pytest.fixture
 def tiny(tmp_path) -> Path:
-    """A course of two one-cell notebooks that print the profile they ran under."""
+    """A course of two notebooks that print their PROFILE parameter and the environment's."""
     folder = tmp_path / "notebooks"
     folder.mkdir()
     for name in ("01_first.ipynb", "02_second.ipynb"):
-        _notebook(folder / name, "import os\nprint('profile', os.environ['AMHELPERS_PROFILE'])")
+        _notebook(folder / name, "import os\n"
+                                 "print('profile', PROFILE, 'env', os.environ.get('AMHELPERS_PROFILE'))")
     return folder
 
 
@@ -98,21 +103,45 @@ def test_runs_then_refuses_to_replace_a_run_unless_overwrite(tiny, tmp_path, mon
     report = json.loads((out / "report.json").read_text())
     assert report["ok"] and report["profile"] == "quick"
     assert [e["notebook"] for e in report["notebooks"]] == ["01_first.ipynb", "02_second.ipynb"]
-    assert "profile quick" in (out / "01_first.ipynb").read_text()
-    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "profile quick env quick" in (out / "01_first.ipynb").read_text()
+    first = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
 
     # a second run into the same folder would replace the first: refused, nothing touched
     assert _course(tiny, out, "--only", "01") == 2
     err = capsys.readouterr().err
     assert "holds another course run" in err and "--overwrite" in err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
 
     # --overwrite replaces the whole run: no executed notebook of the old run is left behind
     assert _course(tiny, out, "--only", "01", "--overwrite", "--profile", "full") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["01_first.ipynb", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["01_first.ipynb", "html", "report.json", "report.md"]
+    assert sorted(p.name for p in (out / "html").iterdir()) == ["01_first.html", "index.html"]
     assert json.loads((out / "report.json").read_text())["profile"] == "full"
-    assert "profile full" in (out / "01_first.ipynb").read_text()
+    # the flag reaches the notebook as its PROFILE parameter; the environment is left alone
+    assert "profile full env quick" in (out / "01_first.ipynb").read_text()
+    assert os.environ["AMHELPERS_PROFILE"] == "quick"
+
+
+def test_profile_is_passed_to_papermill_as_a_parameter(tiny, tmp_path, monkeypatch):
+    """A fake papermill records what each notebook gets: PROFILE, and nothing in os.environ."""
+    calls = []
+
+    def execute_notebook(input_path, output_path, **kwargs):
+        calls.append((Path(input_path).name, kwargs.get("parameters"),
+                      os.environ.get("AMHELPERS_PROFILE")))
+        Path(output_path).write_text("{}")
+
+    monkeypatch.setitem(sys.modules, "papermill",
+                        types.SimpleNamespace(execute_notebook=execute_notebook))
+    monkeypatch.delenv("AMHELPERS_PROFILE", raising=False)
+    assert _course(tiny, tmp_path / "run", "--profile", "quick") == 0
+    assert calls == [("01_first.ipynb", {"PROFILE": "quick"}, None),
+                     ("02_second.ipynb", {"PROFILE": "quick"}, None)]
+    assert "AMHELPERS_PROFILE" not in os.environ
+    monkeypatch.setenv("AMHELPERS_PROFILE", "full")  # the variable is the default of --profile
+    assert _course(tiny, tmp_path / "run2", "--only", "02") == 0
+    assert calls[-1] == ("02_second.ipynb", {"PROFILE": "full"}, "full")
 
 
 def test_a_users_file_named_like_a_notebook_is_not_replaced(tiny, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Diagnose: norms, Magikarp flags, drift, gradient probe, plateaus, checklist, CLI."""
+"""Diagnose: norms, under-trained rows, drift from init, gradient probe, plateaus, checklist, CLI."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from amhelpers import causes, ckptio, logs, tables, undertrained
 from amhelpers import checkpoint as ck
 from amhelpers import diagnose as dg
 from amhelpers import tokenizer as tk
@@ -19,7 +20,7 @@ D = 64
 BASE = 300
 NEW = 360
 CONTROL_ROWS = (3, 4)
-KEYS = ck.TEXT_KEYS
+KEYS = tables.TEXT_KEYS
 
 
 def pretrained(base: int = BASE, d: int = D, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -100,7 +101,7 @@ def cli(argv: list[str], capsys) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- statistics
 def test_table_stats_split_and_init_norms():
     sd, _ = ck.grow_text_tables(pretrained(), BASE, NEW, "indextts", seed=0)
-    stats = dg.table_stats(sd, BASE)
+    stats = tables.table_stats(sd, BASE)
     emb = stats["text_embedding.weight"]
     assert emb["base"]["rows"] == BASE and emb["new"]["rows"] == NEW - BASE
     assert emb["plus_one"]["row"] == NEW
@@ -111,13 +112,13 @@ def test_table_stats_split_and_init_norms():
     assert stats["text_head.bias"]["new"]["norm_mean"] == pytest.approx(0.5 / math.sqrt(D), rel=0.3)
     assert emb["base"]["norm_mean"] > 1.0
     with pytest.raises(ValueError, match="--base-rows 999 is larger than the text tables"):
-        dg.table_stats(sd, 999)
+        tables.table_stats(sd, 999)
 
 
 @pytest.mark.parametrize("strategy", ["indextts", "torch-default", "mean"])
 def test_flags_every_untrained_new_row_and_few_base_rows(strategy):
     sd, _ = ck.grow_text_tables(pretrained(), BASE, NEW, strategy, seed=2)
-    mk = dg.magikarp(sd, BASE)
+    mk = undertrained.undertrained_rows(sd, BASE)
     flagged = set(mk["flagged_rows"])
     assert set(range(BASE, NEW + 1)) <= flagged                       # all new rows and the +1 row
     base_flagged = {r for r in flagged if r < BASE}
@@ -131,7 +132,7 @@ def test_trained_new_rows_are_not_flagged():
     bigger = pretrained(base=NEW + 70, seed=0)           # more rows of the same trained structure
     for key in KEYS:
         sd[key][BASE:NEW] = bigger[key][NEW:NEW + NEW - BASE]
-    flagged = set(dg.magikarp(sd, BASE)["flagged_rows"])
+    flagged = set(undertrained.undertrained_rows(sd, BASE)["flagged_rows"])
     assert len(flagged & set(range(BASE, NEW))) <= 3
 
 
@@ -139,7 +140,7 @@ def test_drift_numbers(grown):
     _, sd, _ = grown
     rel = torch.tensor([0.005] * 30 + [0.1] * 30)
     trained = move_new_rows(sd, BASE, NEW, rel)
-    out = dg.drift(trained, sd, BASE)
+    out = tables.drift_from_init(trained, sd, BASE)
     for key in KEYS[:2]:                                  # rows: relative to the initial norm
         new = out["tables"][key]["new"]
         assert new["rows"] == NEW - BASE
@@ -157,9 +158,9 @@ def test_drift_numbers(grown):
     assert bias["new"]["median"] == pytest.approx(np.median(expected), rel=1e-4)
     assert bias["base"]["changed_rows"] == 0
     trained["text_embedding.weight"][7] *= 0.99
-    assert dg.drift(trained, sd, BASE)["tables"][KEYS[0]]["base"]["changed_rows"] == 1
+    assert tables.drift_from_init(trained, sd, BASE)["tables"][KEYS[0]]["base"]["changed_rows"] == 1
     with pytest.raises(ValueError, match="init snapshot has"):
-        dg.drift(trained, pretrained(), BASE)
+        tables.drift_from_init(trained, pretrained(), BASE)
 
 
 def test_gradient_probe_per_row_and_grads_restored():
@@ -177,7 +178,7 @@ def test_gradient_probe_per_row_and_grads_restored():
         return torch.nn.functional.cross_entropy(m.text_head(m.text_embedding(ids)), ids)
 
     model.text_head.bias.grad = torch.full((11,), 7.0)
-    probe = dg.gradient_probe(model, loss_fn, base_rows=6)
+    probe = tables.gradient_probe(model, loss_fn, base_rows=6)
     emb = probe["per_row"]["text_embedding.weight"]
     assert (emb[[1, 2, 8]] > 0).all() and (np.delete(emb, [1, 2, 8]) == 0).all()
     assert probe["tables"]["text_embedding.weight"]["base"]["zero_rows"] == 4      # rows 0,3,4,5
@@ -202,17 +203,17 @@ def test_plateau_jsonl_flat_vs_decreasing(tmp_path):
     steps = np.arange(100)
     flat = 4.5 + 0.05 * rng.standard_normal(100)
     falling = 1.0 + 5.0 * np.exp(-steps / 30) + 0.02 * rng.standard_normal(100)
-    p_flat = dg.plateau_from_log(_logs(tmp_path, flat, "flat"))
-    p_fall = dg.plateau_from_log(_logs(tmp_path, falling, "fall"))
+    p_flat = logs.plateau_from_log(_logs(tmp_path, flat, "flat"))
+    p_fall = logs.plateau_from_log(_logs(tmp_path, falling, "fall"))
     assert p_flat["plateau"] is True and abs(p_flat["relative_change"]) < 0.02
     assert p_fall["plateau"] is False and p_fall["relative_change"] < -0.05
     for p in (p_flat, p_fall):
         assert {"window", "threshold", "slope", "plateau", "relative_change"} <= set(p)
         assert p["points"] == 100                                      # the val row was skipped
     with pytest.raises(ValueError, match="mel_loss"):
-        dg.plateau_from_log(_logs(tmp_path, flat, "x"), key="mel_loss")
+        logs.plateau_from_log(_logs(tmp_path, flat, "x"), key="mel_loss")
     with pytest.raises(FileNotFoundError, match="nothere"):
-        dg.plateau_from_log(tmp_path / "nothere.jsonl")
+        logs.plateau_from_log(tmp_path / "nothere.jsonl")
 
 
 def test_plateau_tensorboard(tmp_path):
@@ -223,40 +224,40 @@ def test_plateau_tensorboard(tmp_path):
         with SummaryWriter(str(tmp_path / name / "tb")) as writer:
             for i in range(80):
                 writer.add_scalar("train/loss", fn(i), i * 10)
-    assert dg.plateau_from_log(tmp_path / "flat")["plateau"] is True
-    fall = dg.plateau_from_log(tmp_path / "fall" / "tb")
+    assert logs.plateau_from_log(tmp_path / "flat")["plateau"] is True
+    fall = logs.plateau_from_log(tmp_path / "fall" / "tb")
     assert fall["plateau"] is False and "train/loss" in fall["source"]
     with SummaryWriter(str(tmp_path / "text_only")) as writer:
         writer.add_text("note", "no scalars here", 0)
     with pytest.raises(ValueError, match=r"text_only.*no scalars"):
-        dg.plateau_from_log(tmp_path / "text_only")
+        logs.plateau_from_log(tmp_path / "text_only")
     with pytest.raises(ValueError, match="no scalar"):
-        dg.plateau_from_log(tmp_path / "flat", key="mel_loss")
+        logs.plateau_from_log(tmp_path / "flat", key="mel_loss")
 
 
 # ----------------------------------------------------------------------------- checklist
 def test_rank_causes_scenarios():
-    not_moving = dg.rank_causes({"unk_rate": 0.0, "new_share_below_1pct": 1.0,
+    not_moving = causes.rank_causes({"unk_rate": 0.0, "new_share_below_1pct": 1.0,
                                  "new_drift_median": 0.001,
                                  "norm_ratio": {KEYS[0]: 0.05, KEYS[1]: 0.3}, "plateau": True})
-    assert not_moving[0]["cause"] == dg.CAUSE_NOT_MOVING
+    assert not_moving[0]["cause"] == causes.CAUSE_NOT_MOVING
     assert all(0 <= c["score"] <= 1 for c in not_moving)
     assert [c["score"] for c in not_moving] == sorted((c["score"] for c in not_moving), reverse=True)
-    unk = next(c for c in not_moving if c["cause"] == dg.CAUSE_UNK)
+    unk = next(c for c in not_moving if c["cause"] == causes.CAUSE_UNK)
     assert unk["score"] == 0 and unk["measured"]
 
-    naive = dg.rank_causes({"unk_rate": 0.19, "new_share_below_1pct": 1.0,
+    naive = causes.rank_causes({"unk_rate": 0.19, "new_share_below_1pct": 1.0,
                             "norm_ratio": {KEYS[0]: 0.05}, "plateau": True,
                             "val_loss_ratio": 1.0, "length_corr": 0.0})
-    assert naive[0]["cause"] == dg.CAUSE_UNK and "19.0%" in naive[0]["evidence"]
-    assert dg.rank_causes({"unk_rate": 0.06})[0]["cause"] == dg.CAUSE_UNK
+    assert naive[0]["cause"] == causes.CAUSE_UNK and "19.0%" in naive[0]["evidence"]
+    assert causes.rank_causes({"unk_rate": 0.06})[0]["cause"] == causes.CAUSE_UNK
 
-    tf = dg.rank_causes({"unk_rate": 0.0, "new_share_below_1pct": 0.0, "val_loss_ratio": 1.05,
+    tf = causes.rank_causes({"unk_rate": 0.0, "new_share_below_1pct": 0.0, "val_loss_ratio": 1.05,
                          "mcd_ratio": 2.0, "plateau": False})
-    assert tf[0]["cause"] == dg.CAUSE_TF_GEN
-    nothing = dg.rank_causes({})
-    assert {c["cause"] for c in nothing} == {dg.CAUSE_UNK, dg.CAUSE_NOT_MOVING, dg.CAUSE_NORM,
-                                             dg.CAUSE_PLATEAU, dg.CAUSE_TF_GEN}
+    assert tf[0]["cause"] == causes.CAUSE_TF_GEN
+    nothing = causes.rank_causes({})
+    assert {c["cause"] for c in nothing} == {causes.CAUSE_UNK, causes.CAUSE_NOT_MOVING, causes.CAUSE_NORM,
+                                             causes.CAUSE_PLATEAU, causes.CAUSE_TF_GEN}
     assert not any(c["measured"] for c in nothing)
 
 
@@ -284,7 +285,7 @@ def test_diagnose_json_rows_not_moving(grown, toks, tmp_path, capsys):
     assert new["share_below_1pct"] == 1.0 and new["median"] == pytest.approx(0.002, rel=1e-3)
     assert report["unk"]["unk_rate"] == 0.0
     assert report["plateau"]["plateau"] is True
-    assert report["causes"][0]["cause"] == dg.CAUSE_NOT_MOVING
+    assert report["causes"][0]["cause"] == causes.CAUSE_NOT_MOVING
     assert {"cause", "score", "evidence"} <= set(report["causes"][0])
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -294,13 +295,13 @@ def test_diagnose_naive_tokenizer_ranks_unk_first(grown, toks):
     naive, _, text = toks
     report = dg.diagnose(path, tokenizer=naive, text=text, lang="amh")
     assert report["unk"]["unk_rate"] > 0.05
-    assert report["causes"][0]["cause"] == dg.CAUSE_UNK
+    assert report["causes"][0]["cause"] == causes.CAUSE_UNK
     assert report["drift"]["tables"][KEYS[0]]["new"]["share_below_1pct"] == 1.0  # right after growing
 
 
 def test_diagnose_init_snapshot_minivoice_layout_and_text_output(tmp_path, capsys):
     sd, _ = ck.grow_text_tables(pretrained(), BASE, NEW, "mean", seed=0)
-    payload = {"format": ck.MINIVOICE_FORMAT, "model": sd, "meta": {},
+    payload = {"format": ckptio.MINIVOICE_FORMAT, "model": sd, "meta": {},
                "config": {"number_text_tokens": NEW, "number_mel_codes": 20, "model_dim": D}}
     torch.save(payload, tmp_path / "init.pt")
     trained = move_new_rows(sd, BASE, NEW, torch.full((NEW - BASE,), 0.3))
@@ -311,7 +312,7 @@ def test_diagnose_init_snapshot_minivoice_layout_and_text_output(tmp_path, capsy
     report = dg.diagnose(tmp_path / "ckpt.pt", base_rows=BASE, init_snapshot=tmp_path / "init.pt")
     assert report["layout"] == "minivoice"
     assert report["drift"]["tables"][KEYS[0]]["new"]["share_below_1pct"] == 0.0
-    assert report["causes"][0]["cause"] != dg.CAUSE_NOT_MOVING
+    assert report["causes"][0]["cause"] != causes.CAUSE_NOT_MOVING
 
 
 def test_diagnose_bad_inputs(tmp_path, grown):
@@ -322,7 +323,7 @@ def test_diagnose_bad_inputs(tmp_path, grown):
     with pytest.raises(ValueError, match=r"nomodel\.pth has no text tables.*text_embedding\.weight"):
         dg.diagnose(tmp_path / "nomodel.pth")
     (tmp_path / "junk.pth").write_bytes(b"\x00\x01garbage")
-    with pytest.raises(ValueError, match=r"junk\.pth is corrupted"):
+    with pytest.raises(ValueError, match=r"junk\.pth cannot be read"):
         dg.diagnose(tmp_path / "junk.pth")
     with pytest.raises(ValueError, match="--tokenizer and --text go together"):
         dg.diagnose(path, text="amh.txt")

@@ -15,6 +15,7 @@ import torch
 from test_diagnose import BASE, KEYS, NEW, _logs, move_new_rows, pretrained, toks  # noqa: F401
 
 from amhelpers import __main__ as cli_main
+from amhelpers import causes, logs, tables, undertrained
 from amhelpers import checkpoint as ck
 from amhelpers import diagnose as dg
 
@@ -73,7 +74,7 @@ def test_rows_that_only_decayed_score_not_moving(tmp_path, snapshot):
     path, init = decayed_run(tmp_path, new_rows_trained=False)
     report = dg.diagnose(path, BASE, init_snapshot=init if snapshot else None)
     first = report["causes"][0]
-    assert first["cause"] == dg.CAUSE_NOT_MOVING and first["score"] >= 0.9, report["causes"]
+    assert first["cause"] == causes.CAUSE_NOT_MOVING and first["score"] >= 0.9, report["causes"]
     assert "beyond what weight decay explains" in first["evidence"]
     assert f"{DECAY:.4g}" in first["evidence"]
     new = report["drift"]["tables"][KEYS[0]]["new"]
@@ -87,7 +88,7 @@ def test_rows_that_only_decayed_score_not_moving(tmp_path, snapshot):
 def test_rows_that_trained_and_decayed_score_low(tmp_path):
     path, init = decayed_run(tmp_path, new_rows_trained=True)
     report = dg.diagnose(path, BASE, init_snapshot=init)
-    assert cause(report, dg.CAUSE_NOT_MOVING)["score"] < 0.1
+    assert cause(report, causes.CAUSE_NOT_MOVING)["score"] < 0.1
     for key in KEYS[:2]:
         moved = report["drift"]["tables"][key]["new"]["beyond_decay"]
         assert moved["share_below_1pct"] == 0.0 and moved["median"] > 0.04
@@ -98,7 +99,7 @@ def test_bias_drift_is_absolute_not_relative_to_a_near_zero_init(tmp_path):
     init[KEYS[2]][BASE:BASE + 10] = 1e-7                 # a constructor draw can be ~0
     trained = {k: v.clone() for k, v in init.items()}
     trained[KEYS[2]][BASE:NEW] += 0.003                  # a tiny absolute change
-    out = dg.drift(trained, init, BASE)["tables"][KEYS[2]]
+    out = tables.drift_from_init(trained, init, BASE)["tables"][KEYS[2]]
     scale = float(init[KEYS[2]][:BASE].double().pow(2).mean().sqrt())
     assert out["new"]["max"] == pytest.approx(0.003 / scale, rel=1e-3)   # not 0.003 / 1e-7
     assert out["scale"] == pytest.approx(scale)
@@ -112,11 +113,11 @@ def test_malformed_log_lines_are_counted_and_reported(tmp_path, ckpt, capsys):
     with log.open("a", encoding="utf-8") as fh:
         fh.write('{"split": "train", "step": 900, "loss": 4.\n[1, 2]\n'
                  '{"split": "train", "step": 910, "loss": "high"}\n\x00\x01 garbage\n')
-    plateau = dg.plateau_from_log(log)
+    plateau = logs.plateau_from_log(log)
     assert plateau["malformed_lines"] == 4 and plateau["malformed_line_numbers"] == [62, 63, 64, 65]
     assert plateau["points"] == 60
     with pytest.warns(UserWarning, match="skipped 4 malformed lines"):
-        dg.read_loss_log(log)
+        logs.read_loss_log(log)
     rc, printed, err = run_cli(["--checkpoint", path, "--log", log, "--json"], capsys)
     report = json.loads(printed)
     assert rc == 0 and report["plateau"]["malformed_lines"] == 4
@@ -125,7 +126,7 @@ def test_malformed_log_lines_are_counted_and_reported(tmp_path, ckpt, capsys):
     binary = tmp_path / "binary.jsonl"
     binary.write_bytes(path.read_bytes()[:3000])
     with pytest.raises(ValueError, match=r"no rows with 'step'.* lines are malformed"):
-        dg.plateau_from_log(binary)
+        logs.plateau_from_log(binary)
 
 
 # ----------------------------------------------------------------------------- --evidence
@@ -157,13 +158,13 @@ def test_bad_evidence_is_a_value_error_naming_the_key(ckpt, raw, words, capsys, 
 
 def test_evidence_checked_in_the_library_too(tmp_path, ckpt, no_loading):
     with pytest.raises(ValueError, match="'length_corr' must be"):
-        dg.rank_causes({"val_loss_ratio": 1.0, "length_corr": float("nan")})
+        causes.rank_causes({"val_loss_ratio": 1.0, "length_corr": float("nan")})
     with pytest.raises(ValueError, match="--evidence: 'mcd_ratio'"):
         dg.diagnose(ckpt[0], evidence={"mcd_ratio": [2.0]})
     (tmp_path / "ev.json").write_text('{"val_loss_ratio": 1.05, "mcd_ratio": 2.0}', encoding="utf-8")
-    assert dg._parse_evidence(str(tmp_path / "ev.json")) == {"val_loss_ratio": 1.05, "mcd_ratio": 2.0}
+    assert causes.parse_evidence(str(tmp_path / "ev.json")) == {"val_loss_ratio": 1.05, "mcd_ratio": 2.0}
     with pytest.raises(ValueError, match="is a folder"):
-        dg._parse_evidence(str(tmp_path))
+        causes.parse_evidence(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- --plot
@@ -204,7 +205,7 @@ def test_non_finite_rows_named_instead_of_eigh_failure(tmp_path):
     assert "text_embedding.weight: 2 rows with nan (12, 40)" in msg
     assert f"text_head.weight: 1 row with inf ({NEW - 1})" in msg and "converge" not in msg
     with pytest.raises(ValueError, match="rows with nan"):
-        dg.magikarp(sd, BASE)
+        undertrained.undertrained_rows(sd, BASE)
 
 
 # ----------------------------------------------------------------------------- other inputs
@@ -219,8 +220,8 @@ def test_diagnose_bad_arguments_are_one_line(tmp_path, ckpt, toks, capsys):  # n
     ck.write_extension_record(tmp_path / "small.pth", ck.read_extension_record(path))
     cases = [
         (["--checkpoint", tmp_path / "none.pth"], "none.pth does not exist"),
-        (["--checkpoint", tmp_path], "is a folder; give the checkpoint file"),
-        (["--checkpoint", tmp_path / "notes.pth"], "it looks like a text file"),
+        (["--checkpoint", tmp_path], "is a folder; give a checkpoint file"),
+        (["--checkpoint", tmp_path / "notes.pth"], "cannot be read: it is a text file"),
         (["--checkpoint", path, "--base-rows", "-3"], "--base-rows -3 must be at least 2"),
         (["--checkpoint", path, "--base-rows", "1"], "--base-rows 1 must be at least 2"),
         (["--checkpoint", path, "--base-rows", "5000"], "--base-rows 5000 is larger than"),
@@ -244,3 +245,23 @@ def test_tokenizer_of_another_size_is_noted(ckpt, toks):  # noqa: F811
     _, full, text = toks
     report = dg.diagnose(path, tokenizer=full, text=text, lang="amh")
     assert any("pieces but the checkpoint's text tables have" in n for n in report["notes"])
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+def test_read_metrics_is_the_one_parser_of_metrics_jsonl(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(
+        '{"step": 1, "split": "train", "loss": 3.0}\n'
+        '{"step": 1, "split": "val", "loss": 3.5}\n'
+        '{"step": 2, "split": "tr\n'             # a write cut short
+        '[1, 2]\n'
+        '\n'
+        '{"step": 3, "split": "val", "loss": 2.5}\n', encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"skipped 2 malformed lines \(line 3, 4\)"):
+        rows = logs.read_metrics(run)
+    assert [r["step"] for r in rows] == [1, 1, 3]
+    with pytest.warns(UserWarning):
+        assert [r["loss"] for r in logs.read_metrics(run / "metrics.jsonl", split="val")] == [3.5, 2.5]
+    with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl does not exist"):
+        logs.read_metrics(tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import types
 
 import pytest
@@ -9,8 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amhelpers import optim
 from amhelpers.freeze import DEFAULT_NAMES, freeze_base_rows
-from amhelpers.optim import StagedSchedule, make_optimizer, param_groups
+from amhelpers.optim import (
+    StagedSchedule,
+    make_optimizer,
+    param_groups,
+    text_tables,
+    training_optimizer,
+)
+from amhelpers.train import TrainConfig
 
 ROWS, DIM, MEL = 24, 8, 10
 
@@ -131,13 +141,63 @@ def test_make_optimizer_from_config_like():
     assert tables["base_rows"] == 12
 
 
-def test_make_optimizer_with_the_trainers_config_if_available():
-    train = pytest.importorskip("amhelpers.train")
-    if not hasattr(train, "TrainConfig"):
-        pytest.skip("amhelpers.train has no TrainConfig yet")
-    cfg = train.TrainConfig(learning_rate=5e-4, weight_decay=0.02)
+def test_make_optimizer_with_the_trainers_config():
+    cfg = TrainConfig(learning_rate=5e-4, weight_decay=0.02)
     opt = make_optimizer(Tiny(), cfg)
     assert {g["lr"] for g in opt.param_groups} == {5e-4}
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.02}  # the config's decay="all"
+
+
+def test_decay_policy_all_keeps_the_groups_and_decays_every_one():
+    model = Tiny()
+    weights_only = param_groups(model, 12, new_row_lr=1e-2, lr=1e-4, weight_decay=0.05)
+    every = param_groups(model, 12, new_row_lr=1e-2, lr=1e-4, weight_decay=0.05, decay="all")
+    assert [g["name"] for g in every] == [g["name"] for g in weights_only]
+    assert {g["weight_decay"] for g in every} == {0.05}
+    with pytest.raises(ValueError, match="decay='some': choose one of all, weights"):
+        param_groups(model, decay="some")
+
+
+def test_text_tables_resolve_suffixes_inside_a_wrapper():
+    wrapped = nn.ModuleDict({"gpt": Tiny()})
+    tables = text_tables(wrapped)
+    assert list(tables) == ["gpt.text_embedding.weight", "gpt.text_head.weight",
+                            "gpt.text_head.bias"]
+    assert tables["gpt.text_head.bias"] is wrapped["gpt"].text_head.bias
+    with pytest.raises(ValueError, match="no parameter 'text_emb.weight'.*gpt.text_embedding"):
+        text_tables(wrapped, ("text_emb.weight",))
+
+
+@pytest.mark.parametrize("settings, groups, freeze", [
+    ({}, ["all"], None),
+    ({"freeze_base_rows": 12, "freeze_mode": "hook"}, 4, "hook"),
+    ({"new_row_lr": 1e-2, "decay": "weights"}, 4, None),
+    ({"freeze_base_rows": 12, "freeze_mode": "exact-sparse", "new_rows_only_steps": 2}, 4,
+     "exact-sparse"),
+])
+def test_training_optimizer_builds_what_the_config_names(settings, groups, freeze):
+    model = Tiny()
+    cfg = TrainConfig(learning_rate=1e-3, weight_decay=0.1, warmup_steps=2, max_steps=10,
+                      **settings)
+    optimizer, scheduler, handle = training_optimizer(model, cfg)
+    if groups == ["all"]:
+        assert len(optimizer.param_groups) == 1
+        assert len(optimizer.param_groups[0]["params"]) == len(list(model.parameters()))
+    else:
+        assert len(optimizer.param_groups) == groups
+    assert (handle.mode if handle else None) == freeze
+    if settings.get("new_rows_only_steps"):
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        assert lrs["body/decay"] == 0.0 and lrs["tables/decay"] > 0
+    assert scheduler.optimizer is optimizer
+
+
+def test_optim_imports_no_private_name_of_another_module():
+    tree = ast.parse(inspect.getsource(optim))
+    private = [f"{node.module}.{alias.name}" for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) for alias in node.names
+               if alias.name.startswith("_") and alias.name != "annotations"]
+    assert private == []
 
 
 def test_staged_schedule_trains_only_the_tables_first():

@@ -138,6 +138,20 @@ def test_resume_auto_without_checkpoint_starts_that_run_over(manifests, tmp_path
     assert "no checkpoint to resume" in capsys.readouterr().err
 
 
+def test_resume_drops_a_metrics_line_cut_short_and_the_lost_steps(manifests, tmp_path):
+    """A run killed while appending leaves half a line; the resumed log is clean JSON again."""
+    out = tmp_path / "run"
+    train(config(manifests, out, max_steps=4, save_every=4))
+    rows = [json.loads(x) for x in read(out / "metrics.jsonl").splitlines()]
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"split": "train", "step": 6, "text_loss": 1.0}\n{"split": "tra')
+    with pytest.warns(UserWarning, match=r"skipped 1 malformed line \(line \d+\)"):
+        train(config(manifests, out, max_steps=8, save_every=4, resume="auto"))
+    after = [json.loads(x) for x in read(out / "metrics.jsonl").splitlines()]
+    assert after[:len(rows)] == rows  # what the first attempt logged up to step 4 is kept
+    assert [r["step"] for r in after[len(rows):] if r["split"] == "train"] == [6, 8]
+
+
 # ------------------------------------------------------------------------- (c) the lock
 HOLDER = """
 import json, sys
