@@ -85,7 +85,7 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
             file, the notebooks folder, or holding another run without ``overwrite``.
         PermissionError: ``out`` cannot be written.
     """
-    profile = settings.profile() if profile is None else profile
+    profile = settings.profile_name() if profile is None else profile
     if profile not in settings.PROFILES:
         raise ValueError(f"--profile must be quick or full, got {profile!r}")
     folder = Path(folder) if folder is not None else NOTEBOOKS
@@ -170,7 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the course; exit status 0 when every notebook ran."""
-    profile = args.profile or settings.profile()  # an explicit flag wins over the variable
+    profile = args.profile or settings.profile_name()  # an explicit flag wins over the variable
     report = run_course(profile, Path(args.out), args.only,
                         folder=Path(args.notebooks) if args.notebooks else None,
                         overwrite=args.overwrite, **({} if args.html else {"html": False}))

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 def profile(name: str | None = None) -> Profile:
     """Return the named profile of :data:`amhelpers.settings.PROFILES` (default
     ``$AMHELPERS_PROFILE``, else ``full``)."""
-    name = name or settings.profile()
+    name = name or settings.profile_name()
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
     return PROFILES[name]
@@ -82,7 +82,7 @@ def _subset(items: list[str], n: int | None) -> list[str]:
     return [items[int(i * step)] for i in range(n)]
 
 
-def phrases(p: Profile, lang: str, split: str, limit: int | None = None) -> list[str]:
+def profile_phrases(p: Profile, lang: str, split: str, limit: int | None = None) -> list[str]:
     """The phrases of ``lang``/``split`` the profile uses (deduplicated, order kept)."""
     limit = limit or {"train": p.base_train_phrases if lang == p.base_lang else p.target_train_phrases,
                       "val": p.val_phrases, "test": p.eval_phrases * 5}[split]
@@ -120,8 +120,8 @@ def codec(p: Profile, progress: bool = True):
     path = folder(p) / "codec.npz"
     if path.is_file():
         return Codebook.load(path)
-    mels = (mels_for(p.base_lang, phrases(p, p.base_lang, "train"), progress)
-            + mels_for(p.target_lang, phrases(p, p.target_lang, "train"), progress))
+    mels = (mels_for(p.base_lang, profile_phrases(p, p.base_lang, "train"), progress)
+            + mels_for(p.target_lang, profile_phrases(p, p.target_lang, "train"), progress))
     book = Codebook.fit(mels, k=p.codebook_k, seed=p.seed, max_vectors=p.codebook_vectors)
     book.save(path)
     return book
@@ -137,7 +137,7 @@ def manifest(p: Profile, lang: str, split: str, tokenizer: Path | None = None,
 
     tokenizer = Path(tokenizer or base_tokenizer(p))
     book = codec(p, progress)
-    texts = phrases(p, lang, split, limit)
+    texts = profile_phrases(p, lang, split, limit)
     key = hashlib.sha256(json.dumps({
         "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
         "tokenizer": sha256_file(tokenizer), "codec": book.config_hash(), "lang": lang,
@@ -203,7 +203,7 @@ _PRETRAIN_FIELDS = ("base_lang", "codebook_k", "pretrain_steps", "pretrain_batch
                     "seed")
 
 
-def evaluate(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = None,
+def generation_metrics(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = None,
              n: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Greedy generation on held-out phrases: length ratio and correlation, MCD and baselines.
 
@@ -384,4 +384,4 @@ def generation(p: Profile, result: Mapping[str, Any], lang: str | None = None) -
     """
     lang = lang or p.target_lang
     tok = extended_tokenizer(p) if lang == p.target_lang else base_tokenizer(p)
-    return evaluate(Path(result["checkpoint"]), p, lang, tokenizer=tok)
+    return generation_metrics(Path(result["checkpoint"]), p, lang, tokenizer=tok)

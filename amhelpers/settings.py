@@ -100,7 +100,7 @@ def indextts2_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def profile(default: str = "full") -> str:
+def profile_name(default: str = "full") -> str:
     """Return the run profile, ``quick`` or ``full`` (``$AMHELPERS_PROFILE``).
 
     Raises:

@@ -84,7 +84,7 @@ from amhelpers.trainconfig import (
     tokenizer_size,
 )
 
-__all__ = ["TrainConfig", "train", "evaluate", "weighted_loss", "resolve_device", "on_device",
+__all__ = ["TrainConfig", "train", "validation_loss", "weighted_loss", "resolve_device", "on_device",
            "warmup_cosine", "latest_checkpoint", "checkpoints", "RunFolderBusyError",
            "add_arguments", "config_from_args", "run"]
 
@@ -97,7 +97,7 @@ def weighted_loss(parts: Mapping[str, Any], text_loss_weight: float = 0.1,
     * mel_loss`` (``+ guided_attention_weight * guide_loss`` when that weight is > 0).
 
     ``parts`` is the model's output (tensors: the loss to backpropagate) or averaged floats
-    (:func:`evaluate`); the defaults are the trainer's.
+    (:func:`validation_loss`); the defaults are the trainer's.
     """
     loss = text_loss_weight * parts["text_loss"] + mel_loss_weight * parts["mel_loss"]
     if guided_attention_weight > 0:
@@ -107,7 +107,7 @@ def weighted_loss(parts: Mapping[str, Any], text_loss_weight: float = 0.1,
 
 # ---------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: MiniVoice, rows: list[dict[str, Any]], batch_size: int = 32,
+def validation_loss(model: MiniVoice, rows: list[dict[str, Any]], batch_size: int = 32,
              text_loss_weight: float = 0.1, mel_loss_weight: float = 1.0) -> dict[str, float]:
     """Teacher-forced losses over ``rows``, averaged per predicted token.
 
@@ -381,7 +381,7 @@ def _loop(run: _Run, on_step: StepHook | None) -> dict[str, Any]:
         return row
 
     def validate() -> dict[str, Any]:
-        return record({"split": "val", "step": run.step, **evaluate(
+        return record({"split": "val", "step": run.step, **validation_loss(
             model, run.val_rows, cfg.batch_size, cfg.text_loss_weight, cfg.mel_loss_weight),
             "wall_s": round(wall(), 3)})
 

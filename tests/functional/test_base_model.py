@@ -27,7 +27,7 @@ def test_quick_base_model_learns_and_generates(hornmt_dir, course_home):
     val = [m for m in metrics if m.get("split") == "val"]
     assert val[-1]["mel_loss"] < 0.6 * val[0]["mel_loss"]
 
-    result = embedded.evaluate(checkpoint, p, "eng", n=embedded.TEST_PHRASES_QUICK)
+    result = embedded.generation_metrics(checkpoint, p, "eng", n=embedded.TEST_PHRASES_QUICK)
     print(json.dumps({k: v for k, v in result.items() if k != "items"}))
     assert result["n"] == embedded.TEST_PHRASES_QUICK
     # Generation runs and mostly stops by itself (an untrained model never stops).

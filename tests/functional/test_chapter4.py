@@ -33,6 +33,8 @@ def test_chapter4_numbers(hornmt_dir, course_home, tmp_path):
 
     # Direct experiment: exact mode bit-identical; the hook leaks by weight decay alone (as the
     # formula says) and much further once Adam moments are restored from a checkpoint.
+    # The ten-line inline exact freeze and the three-line hook agree bit for bit with the library.
+    assert summary["leak"]["inline_same_as_library"] == {"exact": True, "hook": True}
     cases = summary["leak"]["experiment"]["cases"]
     analytic = summary["leak"]["experiment"]["analytic"]
     exact = cases["exact, restored state"]

@@ -41,10 +41,10 @@ def test_course_rejects_bad_profile(tmp_path):
 def test_settings_profile(monkeypatch):
     from amhelpers import settings
     monkeypatch.setenv("AMHELPERS_PROFILE", "Quick")
-    assert settings.profile() == "quick"
+    assert settings.profile_name() == "quick"
     monkeypatch.setenv("AMHELPERS_PROFILE", "huge")
     with pytest.raises(ValueError, match="AMHELPERS_PROFILE='huge'"):
-        settings.profile()
+        settings.profile_name()
 
 
 def _offline_pip(monkeypatch) -> None:

@@ -176,14 +176,13 @@ def test_diagnose_side_imports_at_the_top(name):
                        "top, or add the module to ALLOWED_LOCAL_IMPORTS with a measured reason")
 
 
-def test_diagnose_side_names_are_defined_once():
+def test_public_names_are_defined_once():
     defined: dict[str, list[str]] = {}
     for name in MODULES:
         for node in ast.parse(_source(name)).body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
                 defined.setdefault(node.name, []).append(name)
-    twice = {f: where for f, where in defined.items()
-             if len(where) > 1 and f not in CLI_PROTOCOL and set(where) & set(DIAGNOSE_SIDE)}
+    twice = {f: where for f, where in defined.items() if len(where) > 1 and f not in CLI_PROTOCOL}
     assert not twice, f"one name, two meanings: {twice}"
 
 
