@@ -104,12 +104,17 @@ def base_tokenizer(p: Profile) -> Path:
     return tk.embedded_base(p.base_vocab, p.base_lang)
 
 
-def extended_tokenizer(p: Profile) -> Path:
-    """The base tokenizer extended with the target language (chapter 1's recipe)."""
-    path = settings.home() / "tokenizers" / f"{p.base_lang}_bpe{p.base_vocab}+{p.target_lang}{p.add_vocab}.model"
+def extended_tokenizer(p: Profile, naive: bool = False) -> Path:
+    """The base tokenizer extended with the target language (chapter 1's recipe).
+
+    ``naive``: the extension quick merge scripts make instead (single characters dropped,
+    chapter 1), which leaves ``<unk>`` in the target text; chapter 3 trains a run on it.
+    """
+    name = f"{p.base_lang}_bpe{p.base_vocab}+{p.target_lang}{p.add_vocab}{'-naive' if naive else ''}"
+    path = settings.home() / "tokenizers" / f"{name}.model"
     if not path.is_file():
         tk.extend(base_tokenizer(p), corpus.split_lines(p.target_lang, "train"), p.target_lang,
-                  p.add_vocab, path)
+                  p.add_vocab, path, naive=naive)
     return path
 
 
@@ -267,13 +272,15 @@ class Finetune:
 
     The defaults are the original trainer's: constructor ("indextts") init for new rows,
     every parameter trained at one learning rate, AdamW weight decay on everything. Every
-    field but ``name``, ``init`` and ``steps`` is the :class:`amhelpers.train.TrainConfig`
+    field but ``name``, ``init``, ``extension`` and ``steps`` is the :class:`amhelpers.train.TrainConfig`
     setting of the same name (``freeze`` is ``freeze_mode`` on the base rows), so a recipe
     reaches the trainer only through :meth:`train_config`.
     """
 
     name: str
     init: str = "indextts"          # amhelpers.checkpoint.STRATEGIES
+    extension: str = "extended"     # the tokenizer: "extended" (chapter 1's) or "naive" (a quick
+                                    # merge script's, single characters dropped)
     learning_rate: float = 2e-5     # everything that is not a text table
     new_row_lr: float | None = None  # text tables; None: same as learning_rate
     freeze: str | None = None       # None, "hook" (the original fix), "exact", "exact-sparse"
@@ -325,7 +332,9 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
         cached = json.loads(result_file.read_text())
         if cached.get("spec") == spec_dict and cached.get("base_sha256") == base_sha:
             return cached
-    base_tok, ext_tok = base_tokenizer(p), extended_tokenizer(p)
+    if spec.extension not in ("extended", "naive"):
+        raise ValueError(f"Finetune.extension={spec.extension!r}: choose 'extended' or 'naive'")
+    base_tok, ext_tok = base_tokenizer(p), extended_tokenizer(p, naive=spec.extension == "naive")
     sd, meta = ckpt.load_state_dict(base_ckpt)
     base_vocab = sd["text_embedding.weight"].shape[0] - 1
     new_vocab = len(tk.load_proto(ext_tok, "tokenizer").pieces)
@@ -360,6 +369,7 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
     result = {"spec": spec_dict, "base_sha256": base_sha, "run_dir": str(run_dir),
               "checkpoint": out["checkpoint"],
               "init": str(init_path), "base_rows": base_vocab, "rows": new_vocab + 1,
+              "tokenizer": str(ext_tok),
               "first_val": val[0] if val else None, "val": val[-1] if val else None,
               "drift": moved, "frozen_changed_rows": frozen_changed,
               "frozen_relative_change": rel, "steps": out["step"], "wall_s": out["wall_s"]}
@@ -369,6 +379,9 @@ def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, An
 
 # The runs the course compares (chapters 3 and 4 share them through the cache).
 ORIGINAL = Finetune("original")  # the Amharic team's trainer: indextts init, lr 2e-5, decay on all
+# The team's trainer on the extension a quick merge script makes (single characters dropped):
+# chapter 3 ranks this run's causes on its own checkpoint, logs and tokenizer.
+ORIGINAL_NAIVE = Finetune("original_naive", extension="naive")
 ORIGINAL_FIX = Finetune("original_fix", learning_rate=5e-6, freeze="hook")  # docs/original_fix.md
 FIX = Finetune("fix", init="mean", learning_rate=1e-4, new_row_lr=1e-3, freeze="exact",
                decay="weights")  # chapter 4: exact freeze, mean init, own LR, backbone at 1e-4
@@ -383,5 +396,6 @@ def generation(p: Profile, result: Mapping[str, Any], lang: str | None = None) -
     manifests built with the base tokenizer serve to measure retention.
     """
     lang = lang or p.target_lang
-    tok = extended_tokenizer(p) if lang == p.target_lang else base_tokenizer(p)
+    own = Path(result.get("tokenizer") or extended_tokenizer(p))  # the tokenizer the run trained on
+    tok = own if lang == p.target_lang else base_tokenizer(p)
     return generation_metrics(Path(result["checkpoint"]), p, lang, tokenizer=tok)

@@ -158,3 +158,18 @@ def test_help_documents_the_rules(capsys):
         main(["course", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "AMHELPERS_PROFILE" in text and "--overwrite" in text and "another course run" in text
+
+
+def test_a_chapter_in_parts_is_found_in_order(tmp_path):
+    """04a_leak and 04b_recipe (chapter 4 in two notebooks) sit between 03_ and 05_."""
+    for name in ("05_e.ipynb", "04b_d.ipynb", "03_a.ipynb", "04a_c.ipynb", "notes.ipynb"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in course.notebooks(tmp_path)] == [
+        "03_a.ipynb", "04a_c.ipynb", "04b_d.ipynb", "05_e.ipynb"]
+    assert [p.name for p in course.select(tmp_path, ["04"])] == ["04a_c.ipynb", "04b_d.ipynb"]
+
+
+def test_the_course_notebooks_include_both_parts_of_chapter_4():
+    names = [p.name for p in course.notebooks()]
+    assert names.index("04a_leak.ipynb") + 1 == names.index("04b_recipe.ipynb")
+    assert names[:3] == ["01_tokenizer.ipynb", "02_base_model.ipynb", "03_diagnose.ipynb"]

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from amhelpers import course
+
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob(course.PATTERN))
 
 
 def first_code_cell(path: Path) -> str:

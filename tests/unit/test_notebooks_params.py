@@ -19,7 +19,7 @@ import pytest
 from amhelpers import course, embedded, settings
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob(course.PATTERN))
 
 # What a user may set in a parameters cell, and the literal types each may hold.
 ALLOWED: dict[str, tuple[type, ...]] = {

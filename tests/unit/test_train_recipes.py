@@ -124,7 +124,7 @@ def test_recipe_fields_are_the_trainers_settings():
     assert (cfg.freeze_mode, cfg.new_rows_only_steps) == ("exact-sparse", 3)
     assert (cfg.text_loss_weight, cfg.mel_loss_weight) == (0.2, 0.8)
     shared = {f.name for f in dataclasses.fields(embedded.Finetune)} - {"name", "init", "steps",
-                                                                       "freeze"}
+                                                                       "freeze", "extension"}
     assert all(getattr(cfg, name) == getattr(spec, name) for name in shared)
 
 
