@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import settings, site
 from .io import check_output_dir, same_file, write_text_atomic
+from .markdown import markdown_table
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 REPORTS = ("report.json", "report.md")
@@ -95,7 +96,7 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
     out = check_output_dir(out, "--out")
     if html:  # checked before the run, not after an hour of notebooks
         check_output_dir(out / "html", "--out's html folder")
-    if same_file(out, folder) or out.resolve() == folder.resolve():
+    if same_file(out, folder):
         raise ValueError(f"--out {out} is the notebooks folder; the executed notebooks would "
                          "replace the course's own: choose another --out (e.g. course_run)")
     old = previous_run(out, selected) if out.is_dir() else []
@@ -137,8 +138,9 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
         except (OSError, ValueError, RuntimeError) as err:
             report["html_error"] = str(err)
     write_text_atomic(out / "report.json", json.dumps(report, indent=1))
-    lines = [f"# Course run ({profile})", "", "| notebook | status | seconds |", "| --- | --- | --- |"]
-    lines += [f"| {e['notebook']} | {e['status']} | {e['seconds']} |" for e in report["notebooks"]]
+    table = markdown_table([(e["notebook"], e["status"], e["seconds"]) for e in report["notebooks"]],
+                           ["notebook", "status", "seconds"], fmt="{:.1f}")
+    lines = [f"# Course run ({profile})", "", table]
     if "html" in report:
         lines += ["", f"The executed notebooks as web pages: [{report['html']}]({report['html']})"]
     elif "html_error" in report:

@@ -226,8 +226,7 @@ def diagnose(checkpoint: str | Path, base_rows: int | None = None,
                            "--extension-record": extension_record, "--tokenizer": tokenizer,
                            "--text": text if isinstance(text, (str, Path)) else None,
                            "--log": log})
-    if init_snapshot is not None and (same_file(init_snapshot, checkpoint)
-                                      or Path(init_snapshot).resolve() == checkpoint.resolve()):
+    if init_snapshot is not None and same_file(init_snapshot, checkpoint):
         raise ValueError(f"--init-snapshot {init_snapshot} is the --checkpoint itself, so every "
                          "row would show zero drift; give the snapshot taken right after the "
                          "extension (e.g. the run's init.pt), or leave it out to rebuild it from "

@@ -40,9 +40,10 @@ def profile(name: str | None = None) -> Profile:
     return PROFILES[name]
 
 
-# The quick profile's test split holds 5 x eval_phrases = 30 phrases; tests judge generation on
-# all of them (a correlation over 6 points is noise).
-TEST_PHRASES_QUICK = 30
+def held_out_count(p: Profile) -> int:
+    """How many held-out phrases the profile's test split holds (5 x ``eval_phrases``: 30 on
+    quick, where tests judge generation on all of them; a correlation over 6 points is noise)."""
+    return p.eval_phrases * 5
 
 # The embedded default is a CPU course: its figures (README, notebooks) are measured on a CPU
 # and a GPU would change them in the last bits, so its runs train on the CPU wherever they run.
@@ -85,7 +86,7 @@ def _subset(items: list[str], n: int | None) -> list[str]:
 def profile_phrases(p: Profile, lang: str, split: str, limit: int | None = None) -> list[str]:
     """The phrases of ``lang``/``split`` the profile uses (deduplicated, order kept)."""
     limit = limit or {"train": p.base_train_phrases if lang == p.base_lang else p.target_train_phrases,
-                      "val": p.val_phrases, "test": p.eval_phrases * 5}[split]
+                      "val": p.val_phrases, "test": held_out_count(p)}[split]
     unique = list(dict.fromkeys(x for x in corpus.phrases(lang, split) if normalize(x, lang)))
     return _subset(unique, limit)
 

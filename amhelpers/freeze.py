@@ -133,8 +133,15 @@ def _owner_modules(model: nn.Module) -> dict[int, nn.Module]:
     return owners
 
 
-def _resolve(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
-    """Map each requested name to the model's parameter (exact name, or a unique suffix)."""
+def text_tables(model: nn.Module, names: Iterable[str] = DEFAULT_NAMES) -> dict[str, nn.Parameter]:
+    """The model's text tables: each name is a parameter's full name or its unique suffix
+    (e.g. ``text_embedding.weight`` inside a wrapper module is ``gpt.text_embedding.weight``).
+
+    Raises:
+        TypeError: a name is not a str.
+        ValueError: a name matches no parameter, or several; the message lists the model's
+            table-like parameters.
+    """
     params = dict(model.named_parameters(remove_duplicate=False))
     resolved: dict[str, nn.Parameter] = {}
     for name in names:
@@ -615,7 +622,7 @@ def freeze_base_rows(model: nn.Module, base_rows: int, names: Iterable[str] | st
     if not names:
         raise ValueError("names is empty: name at least one table (default "
                          f"{DEFAULT_NAMES})")
-    params = _resolve(model, names)
+    params = text_tables(model, names)
     # one entry per tensor (tied weights appear once)
     unique: dict[str, nn.Parameter] = {}
     for name, p in params.items():
@@ -672,7 +679,7 @@ def freeze_base_rows(model: nn.Module, base_rows: int, names: Iterable[str] | st
 def snapshot(model: nn.Module, base_rows: int | None = None,
              names: Iterable[str] | None = None) -> dict[str, Tensor]:
     """Copy the tables (only rows ``[0, base_rows)`` when given) for a later :func:`drift`."""
-    params = _resolve(model, tuple(names or DEFAULT_NAMES))
+    params = text_tables(model, tuple(names or DEFAULT_NAMES))
     with torch.no_grad():
         return {n: (p.detach()[:base_rows] if base_rows else p.detach()).clone()
                 for n, p in params.items()}
@@ -704,7 +711,7 @@ def drift(model: nn.Module, snapshot_or_handle: FreezeHandle | Mapping[str, Tens
     else:
         raise TypeError("snapshot_or_handle must be a FreezeHandle or a {name: tensor} mapping "
                         f"from amhelpers.freeze.snapshot(), got {type(snapshot_or_handle).__name__}")
-    params = _resolve(model, tuple(snaps))
+    params = text_tables(model, tuple(snaps))
     tables: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         for (name, p), ref in zip(params.items(), snaps.values()):

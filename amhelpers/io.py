@@ -97,9 +97,11 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Return True when ``a`` and ``b`` name the same file (also through links or ``..``)."""
     a, b = Path(a), Path(b)
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)  # also hard links
     except OSError:
-        return a.resolve() == b.resolve()
+        pass
+    return a.resolve() == b.resolve()  # a path not written yet: compare the spelled-out paths
 
 
 def check_output_file(path: str | os.PathLike, what: str = "--out",
@@ -121,7 +123,7 @@ def check_output_file(path: str | os.PathLike, what: str = "--out",
     """
     path = Path(path)
     for flag, source in (inputs or {}).items():
-        if source is not None and (same_file(path, source) or path.resolve() == Path(source).resolve()):
+        if source is not None and same_file(path, source):
             raise ValueError(f"{what} {path} is the same file as {flag}; writing it would replace "
                              f"your input: choose another {what} path")
     if path.is_dir():

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from amhelpers.freeze import DEFAULT_NAMES, FreezeHandle, freeze_base_rows
+from amhelpers.freeze import DEFAULT_NAMES, FreezeHandle, freeze_base_rows, text_tables
 
 DECAY_POLICIES = ("all", "weights")
 """``all``: weight decay on every parameter (IndexTTS2's trainer); ``weights``: XTTS's rule."""
@@ -60,29 +60,6 @@ def _no_decay(name: str, param: nn.Parameter, owner: nn.Module | None) -> bool:
         return True
     return owner is not None and (isinstance(owner, NORM_MODULES + EMBEDDING_MODULES)
                                   or "norm" in type(owner).__name__.lower())
-
-
-def text_tables(model: nn.Module, names: Iterable[str] = DEFAULT_NAMES
-                ) -> dict[str, nn.Parameter]:
-    """The model's text tables: each name is a parameter's full name or its unique suffix.
-
-    Raises:
-        ValueError: a name matches no parameter, or several; the message lists the model's
-            table-like parameters.
-    """
-    params = dict(model.named_parameters(remove_duplicate=False))
-    found: dict[str, nn.Parameter] = {}
-    for name in names:
-        matches = [name] if name in params else [n for n in params if n.endswith("." + name)]
-        if len(matches) != 1:
-            similar = [n for n in params if "text" in n or "embedding" in n or "head" in n]
-            raise ValueError(
-                f"names: the model has no parameter {name!r}"
-                + (f" (several end with it: {matches})" if matches else "")
-                + f"; matching parameters it has: {(similar or sorted(params))[:20]}. Pass "
-                "names=(...) with the model's own table names.")
-        found[matches[0]] = params[matches[0]]
-    return found
 
 
 def param_groups(model: nn.Module, base_rows: int | None = None, new_row_lr: float | None = None,

@@ -28,7 +28,7 @@ def measure(seed: int, threads: int) -> dict:
     checkpoint = embedded.base_model(p, progress=False)
     val = [json.loads(line) for line in (checkpoint.parent / "metrics.jsonl").read_text().splitlines()]
     val = [m for m in val if m.get("split") == "val"]
-    result = embedded.generation_metrics(checkpoint, p, "eng", n=embedded.TEST_PHRASES_QUICK)
+    result = embedded.generation_metrics(checkpoint, p, "eng", n=embedded.held_out_count(p))
     return {"seed": seed, "threads": threads, "n": result["n"],
             "val_loss_ratio": val[-1]["mel_loss"] / val[0]["mel_loss"],
             **{k: result[k] for k in ("length_ratio", "length_corr", "length_corr_chars",

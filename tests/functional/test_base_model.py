@@ -27,9 +27,9 @@ def test_quick_base_model_learns_and_generates(hornmt_dir, course_home):
     val = [m for m in metrics if m.get("split") == "val"]
     assert val[-1]["mel_loss"] < 0.6 * val[0]["mel_loss"]
 
-    result = embedded.generation_metrics(checkpoint, p, "eng", n=embedded.TEST_PHRASES_QUICK)
+    result = embedded.generation_metrics(checkpoint, p, "eng", n=embedded.held_out_count(p))
     print(json.dumps({k: v for k, v in result.items() if k != "items"}))
-    assert result["n"] == embedded.TEST_PHRASES_QUICK
+    assert result["n"] == embedded.held_out_count(p) == 30
     # Generation runs and mostly stops by itself (an untrained model never stops).
     assert result["hit_cap"] <= result["n"] // 2
     assert all(i["n_gen"] > 0 for i in result["items"])

@@ -11,23 +11,10 @@ from amhelpers.text import normalize
 
 
 @pytest.fixture(scope="session")
-def en_base(tmp_path_factory, hornmt_dir) -> Path:
-    """A small English BPE base, as in the embedded default."""
-    out = tmp_path_factory.mktemp("tok") / "en.model"
-    return tk.train_base(corpus.split_lines("eng", "train"), "eng", 300, out, model="bpe")
-
-
-@pytest.fixture(scope="session")
 def en_unigram(tmp_path_factory, hornmt_dir) -> Path:
     out = tmp_path_factory.mktemp("tok") / "en_uni.model"
     return tk.train_base(corpus.split_lines("eng", "train"), "eng", 300, out, model="unigram")
 
-
-@pytest.fixture(scope="session")
-def extended(tmp_path_factory, en_base) -> Path:
-    out = tmp_path_factory.mktemp("tok") / "en_amh.model"
-    tk.extend(en_base, corpus.split_lines("amh", "train"), "amh", 800, out)
-    return out
 
 
 def _verify(base, ext):

@@ -15,19 +15,6 @@ from amhelpers.__main__ import main
 LONG_LINE = "ሰላም " * 1500  # 6000 UTF-8 bytes: over SentencePiece's max_sentence_length
 
 
-@pytest.fixture(scope="module")
-def en_base(tmp_path_factory, hornmt_dir) -> Path:
-    out = tmp_path_factory.mktemp("tok") / "en.model"
-    return tk.train_base(corpus.split_lines("eng", "train"), "eng", 300, out, model="bpe")
-
-
-@pytest.fixture(scope="module")
-def extended(tmp_path_factory, en_base) -> Path:
-    out = tmp_path_factory.mktemp("tok") / "en_amh.model"
-    tk.extend(en_base, corpus.split_lines("amh", "train"), "amh", 800, out)
-    return out
-
-
 def cli_error(argv: list[str], capsys) -> str:
     """Run the CLI, expect exit 2 and one line ``error: ...`` on stderr; return that line."""
     code = main(["tokenizer", *argv])
