@@ -20,6 +20,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "checkpoint": ("amhelpers.checkpoint", "grow text tables for an extended tokenizer, inspect checkpoints"),
     "diagnose": ("amhelpers.diagnose", "per-row statistics, drift, plateau and ranked causes for a checkpoint"),
     "course": ("amhelpers.course", "run the course notebooks in order with papermill"),
+    "runs": ("amhelpers.runs", "run notebook 05 once per point of a grid with papermill"),
 }
 
 

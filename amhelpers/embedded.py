@@ -15,20 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import corpus, settings
 from . import tokenizer as tk
 from .io import sha256_file, write_text_atomic
+from .recipes import Recipe
 from .settings import PROFILES, Profile  # the one registry of profiles; also used as embedded.*
 from .text import normalize
-
-if TYPE_CHECKING:
-    from .trainconfig import TrainConfig
 
 
 def profile(name: str | None = None) -> Profile:
@@ -262,132 +260,220 @@ def generation_metrics(checkpoint: Path, p: Profile, lang: str, tokenizer: Path 
             "hit_cap": int(sum(i["n_gen"] >= cap for i in items)), "items": items}
 
 
+def samples(p: Profile, generations: Mapping[str, Mapping[str, Any]], n: int = 3,
+            lang: str | None = None) -> list[dict[str, Any]]:
+    """The first ``n`` evaluated sentences of each run, as audio and log-mel, beside espeak-ng's.
+
+    Args:
+        p: the profile (its codec decodes the codes).
+        generations: run name -> :func:`generation_metrics` (or :func:`generation`) of the same
+            held-out phrases, in the same order.
+        n: sentences per run.
+        lang: the language of the sentences (default: the target).
+
+    Returns:
+        Per sentence: ``text``, ``reference`` {``wav``, ``mel``} and ``runs`` {name: {``wav``,
+        ``mel``, ``n_gen``, ``n_ref``}}; an empty output becomes a 10 ms silence.
+
+    Raises:
+        ValueError: the runs were evaluated on different sentences.
+    """
+    from .speech import load_wav, synthesize
+
+    book = codec(p, progress=False)
+    firsts = {name: [i["text"] for i in g["items"][:n]] for name, g in generations.items()}
+    texts = next(iter(firsts.values()))
+    if any(t != texts for t in firsts.values()):
+        raise ValueError("samples: the runs were evaluated on different sentences; evaluate "
+                         "them on the same held-out manifest")
+    wavs = [load_wav(path) for path in synthesize(texts, lang or p.target_lang, progress=False)]
+    mels = mels_for(lang or p.target_lang, texts, progress=False)
+    out = []
+    for i, text in enumerate(texts):
+        runs = {}
+        for name, g in generations.items():
+            item = g["items"][i]
+            codes = np.asarray(item["codes"], dtype=np.int64)
+            runs[name] = {"wav": book.decode(codes) if len(codes) else np.zeros(160, np.float32),
+                          "mel": book.decode_mel(codes if len(codes) else np.zeros(1, np.int64)),
+                          "n_gen": item["n_gen"], "n_ref": item["n_ref"]}
+        out.append({"text": text, "reference": {"wav": wavs[i], "mel": mels[i]}, "runs": runs})
+    return out
+
+
+def attention_alignment(checkpoint: Path, rows: list[Mapping[str, Any]]) -> list[dict[str, float]]:
+    """How sharply and in what order the probed heads read the text (the heads the
+    guided-attention loss trains: the first head of every layer after the first).
+
+    For each manifest row the reference codes are fed in (:meth:`MiniVoice.text_attention`);
+    for each code, the text position the head attends most to is its *peak*.
+
+    Returns:
+        One dict per probed head (layers 2, 3, ...): ``peak_share``, the mean attention on the
+        peak (1: one position only), and ``order_corr``, the mean over rows of the correlation
+        between a code's index and its peak position (1: the text is read in order).
+    """
+    from .model import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    per_head: list[dict[str, list[float]]] = []
+    for row in rows:
+        maps = model.text_attention(row["text_ids"], row["codes"])
+        for h, attn in enumerate(maps):
+            attn = attn.numpy()
+            peak = attn.argmax(axis=1).astype(float)
+            if len(per_head) <= h:
+                per_head.append({"peak_share": [], "order_corr": []})
+            per_head[h]["peak_share"].append(float(attn.max(axis=1).mean()))
+            per_head[h]["order_corr"].append(_corr(np.arange(len(peak), dtype=float), peak))
+    return [{k: float(np.mean(v)) for k, v in head.items()} for head in per_head]
+
+
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation, 0.0 when it is undefined (under 3 points or a constant series)."""
     return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else 0.0
 
 
-@dataclass(frozen=True)
-class Finetune:
-    """One way to extend the English base to the target language (chapters 3 and 4).
+# The layout of a fine-tune's result.json; part of every run's key, so a result written by an
+# older version (lacking a field) is trained again, not read.
+RESULT_FORMAT = 2
 
-    The defaults are the original trainer's: constructor ("indextts") init for new rows,
-    every parameter trained at one learning rate, AdamW weight decay on everything. Every
-    field but ``name``, ``init``, ``extension`` and ``steps`` is the :class:`amhelpers.train.TrainConfig`
-    setting of the same name (``freeze`` is ``freeze_mode`` on the base rows), so a recipe
-    reaches the trainer only through :meth:`train_config`.
+
+def run_folder(p: Profile, spec: Recipe, phrases: int | None = None, seed: int | None = None,
+               progress: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Where :func:`finetune` keeps the run of these settings, and what its key hashes.
+
+    Returns:
+        ``(runs/<name>-<key>, settings)``: ``settings`` holds everything that shapes the result
+        (the recipe but its name, ``steps``, ``seed``, ``phrases``, batch, validation interval,
+        the base model's sha256, the target language) plus ``key`` and ``base_checkpoint``.
+        A finished run of the same key may sit under another name (:func:`finetune` reuses it).
+
+    Raises:
+        ValueError: ``phrases`` below 0.
     """
-
-    name: str
-    init: str = "indextts"          # amhelpers.checkpoint.STRATEGIES
-    extension: str = "extended"     # the tokenizer: "extended" (chapter 1's) or "naive" (a quick
-                                    # merge script's, single characters dropped)
-    learning_rate: float = 2e-5     # everything that is not a text table
-    new_row_lr: float | None = None  # text tables; None: same as learning_rate
-    freeze: str | None = None       # None, "hook" (the original fix), "exact", "exact-sparse"
-    decay: str = "all"              # "all" (original) or "weights" (none on embeddings, norms)
-    weight_decay: float = 0.01
-    steps: int | None = None        # default: the profile's finetune_steps
-    warmup_steps: int = 20
-    new_rows_only_steps: int = 0    # train only the text tables first (a staged schedule)
-    text_loss_weight: float = 0.1
-    mel_loss_weight: float = 1.0
-
-    def train_config(self, base_rows: int, **run: Any) -> TrainConfig:
-        """The trainer's settings for this recipe, the base rows ``[0, base_rows)`` frozen
-        when ``freeze`` is set; ``run`` gives the rest (manifests, output folder, steps...)."""
-        from .trainconfig import TrainConfig
-
-        return TrainConfig(
-            learning_rate=self.learning_rate, new_row_lr=self.new_row_lr,
-            freeze_base_rows=base_rows if self.freeze else None,
-            freeze_mode=self.freeze or "exact", decay=self.decay,
-            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
-            new_rows_only_steps=self.new_rows_only_steps,
-            text_loss_weight=self.text_loss_weight, mel_loss_weight=self.mel_loss_weight, **run)
+    if phrases is not None and phrases < 0:
+        raise ValueError(f"phrases={phrases}: give a number of phrases > 0, 0 for every phrase, "
+                         "or None for the profile's low-resource regime")
+    base_ckpt = base_model(p, progress)
+    shaping = {**{k: v for k, v in asdict(spec).items() if k not in ("name", "steps")},
+               "steps": spec.steps or p.finetune_steps, "seed": p.seed if seed is None else seed,
+               "phrases": p.finetune_phrases if phrases is None else (phrases or None),
+               "batch_size": p.batch_size, "val_every": p.finetune_val_every,
+               "base_sha256": sha256_file(base_ckpt), "target_lang": p.target_lang,
+               "result_format": RESULT_FORMAT}
+    key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+    return (folder(p) / "runs" / f"{spec.name}-{key}",
+            {**shaping, "key": key, "base_checkpoint": str(base_ckpt)})
 
 
-def finetune(p: Profile, spec: Finetune, progress: bool = False) -> dict[str, Any]:
+def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int | None = None,
+             seed: int | None = None, save_every: int | None = None) -> dict[str, Any]:
     """Extend the base model to the target language with ``spec`` and train it (cached).
 
     Steps: grow the text tables from the base tokenizer's size to the extended one with
-    ``spec.init`` (rows of the base keep their ids), train on a low-resource target split,
-    and report losses and row drift. The grown model before training is kept as ``init.pt``
-    (the snapshot for drift).
+    ``spec.init`` (rows of the base keep their ids; ``spec.pretrained=False`` starts every
+    weight afresh instead), train on the target training split, and report losses and row drift.
+    The grown model before training is kept as ``init.pt`` (the snapshot for drift).
+
+    One cache, keyed by settings: the run lives in ``runs/<name>-<key>``, where ``key`` hashes
+    everything that shapes its result (the recipe but its name, the base model, the data regime,
+    seed, batch and steps). A finished run of the same key is returned under any name; a killed
+    one resumes from its last checkpoint and ends bit-identical to an uninterrupted run.
+
+    Args:
+        p: the profile (base model, data, batch size, default length).
+        spec: the recipe; ``spec.steps`` (default ``p.finetune_steps``) sets the length.
+        progress: progress bars for data building and training.
+        phrases: target-language training phrases (the data regime); None: the profile's
+            ``finetune_phrases`` (low-resource), 0: every phrase of the training split.
+        seed: the fine-tune's seed (init noise, batch order, dropout); None: the profile's.
+            The base model is the profile's either way.
+        save_every: checkpoint every N steps (default: at every validation), so that a killed
+            run loses at most that many steps; it does not change the result or the key.
 
     Returns:
-        ``run_dir``, ``checkpoint``, ``init``, ``base_rows``, ``val`` (last validation),
-        ``first_val``, ``drift`` (see :func:`amhelpers.tables.drift_from_init`), ``frozen_changed``.
+        ``key``, ``run_dir``, ``checkpoint``, ``init``, ``base_rows``, ``rows``, ``tokenizer``,
+        ``val`` (last validation), ``first_val``, ``learning_rate``, ``new_row_lr`` and
+        ``warmup_steps`` (the recipe mapped onto this model and run,
+        :meth:`amhelpers.recipes.Recipe.train_config`), ``phrases``, ``seed``,
+        ``resumed_from_step`` (0 unless a killed run was resumed), ``drift`` (see
+        :func:`amhelpers.tables.drift_from_init`), ``frozen_changed_rows``,
+        ``frozen_relative_change``, ``steps``, ``wall_s``.
     """
+    import shutil
+
     from . import checkpoint as ckpt
     from .logs import read_metrics
+    from .model import load_checkpoint
+    from .rundir import checkpoint_step
     from .tables import drift_from_init
-    from .train import train
+    from .train import latest_checkpoint, train
 
-    run_dir = folder(p) / "runs" / spec.name
-    result_file = run_dir / "result.json"
-    spec_dict = asdict(spec)
-    base_ckpt = base_model(p, progress)
-    base_sha = sha256_file(base_ckpt)
-    if result_file.is_file():
-        cached = json.loads(result_file.read_text())
-        if cached.get("spec") == spec_dict and cached.get("base_sha256") == base_sha:
-            return cached
     if spec.extension not in ("extended", "naive"):
-        raise ValueError(f"Finetune.extension={spec.extension!r}: choose 'extended' or 'naive'")
+        raise ValueError(f"Recipe.extension={spec.extension!r}: choose 'extended' or 'naive'")
+    run_dir, shaping = run_folder(p, spec, phrases, seed, progress)
+    key, steps, seed, limit = (shaping[k] for k in ("key", "steps", "seed", "phrases"))
+    base_ckpt, base_sha, spec_dict = Path(shaping["base_checkpoint"]), shaping["base_sha256"], asdict(spec)
+    for done in sorted(run_dir.parent.glob(f"*-{key}/result.json")):  # same settings, any name
+        cached = json.loads(done.read_text())
+        if cached.get("key") == key:
+            return cached
+    init_path, train_dir = run_dir / "init.pt", run_dir / "train"
     base_tok, ext_tok = base_tokenizer(p), extended_tokenizer(p, naive=spec.extension == "naive")
     sd, meta = ckpt.load_state_dict(base_ckpt)
     base_vocab = sd["text_embedding.weight"].shape[0] - 1
     new_vocab = len(tk.load_proto(ext_tok, "tokenizer").pieces)
-    grown, record = ckpt.grow_text_tables(sd, base_vocab, new_vocab, spec.init, seed=p.seed,
-                                          tokenizer=ext_tok, base_tokenizer=base_tok)
-    if run_dir.exists():  # a stale run of another spec: start over
-        import shutil
+    last = latest_checkpoint(train_dir) if init_path.is_file() else None
+    resume = last is not None
+    if not resume:  # new, or killed before its first checkpoint: the folder is ours to redo
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        grown, record = ckpt.grow_text_tables(sd, base_vocab, new_vocab, spec.init, seed=seed,
+                                              tokenizer=ext_tok, base_tokenizer=base_tok)
+        ckpt.save_state_dict(init_path, grown, meta)
+        if not spec.pretrained:  # the same architecture and rows, every weight drawn afresh
+            import torch
 
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    init_path = run_dir / "init.pt"
-    ckpt.save_state_dict(init_path, grown, meta)
-    ckpt.write_extension_record(init_path, record)
-    steps = spec.steps or p.finetune_steps
+            model, _ = load_checkpoint(init_path)
+            torch.manual_seed(seed)
+            grown = type(model)(model.config).state_dict()
+            ckpt.save_state_dict(init_path, grown, meta)
+            record = {**record, "pretrained": False}
+        ckpt.write_extension_record(init_path, record)
+    grown, _ = ckpt.load_state_dict(init_path)
+    val_every = p.finetune_val_every
     cfg = spec.train_config(
-        base_vocab,
-        train_manifest=str(manifest(p, p.target_lang, "train", ext_tok, progress, p.finetune_phrases)),
+        base_vocab, p.learning_rate, steps,
+        train_manifest=str(manifest(p, p.target_lang, "train", ext_tok, progress, limit)),
         val_manifest=str(manifest(p, p.target_lang, "val", ext_tok, progress)),
-        tokenizer=str(ext_tok), output_dir=str(run_dir / "train"), init_checkpoint=str(init_path),
-        max_steps=steps, batch_size=p.batch_size, val_every=p.finetune_val_every,
-        save_every=steps, seed=p.seed, progress=progress, device=EMBEDDED_DEVICE)
+        tokenizer=str(ext_tok), output_dir=str(train_dir), init_checkpoint=str(init_path),
+        batch_size=p.batch_size, val_every=val_every, save_every=save_every or val_every,
+        seed=seed, progress=progress, device=EMBEDDED_DEVICE,
+        resume="auto" if resume else None)
     out = train(cfg)
     trained, _ = ckpt.load_state_dict(out["checkpoint"])
     moved = drift_from_init(trained, grown, base_vocab)
-    val = read_metrics(run_dir / "train", split="val")
+    val = read_metrics(train_dir, split="val")
     frozen_changed = {name: int((trained[name][:base_vocab] != sd[name][:base_vocab]).any(-1).sum()
                                 if trained[name].dim() > 1 else
                                 (trained[name][:base_vocab] != sd[name][:base_vocab]).sum())
                       for name in ckpt.TEXT_KEYS}
     rel = {name: float(((trained[name][:base_vocab] - sd[name][:base_vocab]).norm()
                         / sd[name][:base_vocab].norm()).item()) for name in ckpt.TEXT_KEYS}
-    result = {"spec": spec_dict, "base_sha256": base_sha, "run_dir": str(run_dir),
-              "checkpoint": out["checkpoint"],
+    result = {"key": key, "spec": spec_dict, "settings": shaping, "base_sha256": base_sha,
+              "run_dir": str(run_dir), "checkpoint": out["checkpoint"],
               "init": str(init_path), "base_rows": base_vocab, "rows": new_vocab + 1,
-              "tokenizer": str(ext_tok),
+              "tokenizer": str(ext_tok), "learning_rate": cfg.learning_rate,
+              "new_row_lr": cfg.new_row_lr, "warmup_steps": cfg.warmup_steps,
+              "phrases": limit, "seed": seed,
+              "resumed_from_step": checkpoint_step(last) if last is not None else 0,
               "first_val": val[0] if val else None, "val": val[-1] if val else None,
               "drift": moved, "frozen_changed_rows": frozen_changed,
               "frozen_relative_change": rel, "steps": out["step"], "wall_s": out["wall_s"]}
-    write_text_atomic(result_file, json.dumps(result, default=str))
+    write_text_atomic(run_dir / "result.json", json.dumps(result, default=str))
     return result
-
-
-# The runs the course compares (chapters 3 and 4 share them through the cache).
-ORIGINAL = Finetune("original")  # the Amharic team's trainer: indextts init, lr 2e-5, decay on all
-# The team's trainer on the extension a quick merge script makes (single characters dropped):
-# chapter 3 ranks this run's causes on its own checkpoint, logs and tokenizer.
-ORIGINAL_NAIVE = Finetune("original_naive", extension="naive")
-ORIGINAL_FIX = Finetune("original_fix", learning_rate=5e-6, freeze="hook")  # docs/original_fix.md
-FIX = Finetune("fix", init="mean", learning_rate=1e-4, new_row_lr=1e-3, freeze="exact",
-               decay="weights")  # chapter 4: exact freeze, mean init, own LR, backbone at 1e-4
-FIX_NO_FREEZE = Finetune("fix_no_freeze", init="mean", learning_rate=1e-4, new_row_lr=1e-3,
-                         decay="weights")
 
 
 def generation(p: Profile, result: Mapping[str, Any], lang: str | None = None) -> dict[str, Any]:

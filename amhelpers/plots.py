@@ -71,3 +71,48 @@ def show(fig, path: str | os.PathLike) -> Path:
     plt.close(fig)
     display(Image(filename=str(path)))
     return path
+
+
+def play_samples(samples: Sequence[Mapping], rate: int = 16000) -> None:
+    """Labelled audio players: per sentence its text, the reference, then each run's output.
+
+    Args:
+        samples: :func:`amhelpers.embedded.samples` (``text``, ``reference`` {``wav``},
+            ``runs`` {name: {``wav``, ``n_gen``, ``n_ref``}}).
+        rate: sample rate of the waveforms.
+    """
+    from IPython.display import Audio, Markdown, display
+
+    for i, sample in enumerate(samples):
+        text = sample["text"]
+        display(Markdown(f"**Sentence {i + 1}:** {text}"))
+        print("espeak-ng reference")
+        display(Audio(sample["reference"]["wav"], rate=rate),
+                metadata={"label": f"espeak-ng reference: {text}"})
+        for name, run in sample["runs"].items():
+            print(f"{name}: {run['n_gen']} codes (reference {run['n_ref']})")
+            display(Audio(run["wav"], rate=rate), metadata={"label": f"{name}: {text}"})
+
+
+def spectrograms(samples: Sequence[Mapping], frames_per_second: float,
+                 path: str | os.PathLike) -> Path:
+    """One row of log-mel spectrograms per source (the reference, then each run), one column
+    per sentence, each panel on its own time axis; saved to ``path`` and shown."""
+    import matplotlib.pyplot as plt
+
+    use_ethiopic_font()
+    names = ["espeak-ng", *samples[0]["runs"]]
+    fig, axes = plt.subplots(len(names), len(samples), figsize=(4.3 * len(samples), 1.9 * len(names)),
+                             squeeze=False)
+    for col, sample in enumerate(samples):
+        text = sample["text"] if len(sample["text"]) <= 28 else sample["text"][:28] + "…"
+        for row, name in enumerate(names):
+            mel = sample["reference"]["mel"] if row == 0 else sample["runs"][name]["mel"]
+            ax = axes[row, col]
+            ax.imshow(mel.T, origin="lower", aspect="auto",
+                      extent=(0, len(mel) / frames_per_second, 0, mel.shape[1]))
+            ax.set_title(f"{name}: {text}", fontsize=8)
+            ax.set(xlabel="s" if row == len(names) - 1 else None,
+                   ylabel="mel bin" if col == 0 else None)
+    fig.tight_layout()
+    return show(fig, path)

@@ -71,16 +71,21 @@ def checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """Return the newest checkpoint of a run folder (``latest.json``, else the highest step)."""
+    """Return the newest checkpoint of a run folder: the highest step among the checkpoint
+    files and the one ``latest.json`` names (which wins a tie).
+
+    A run killed between renaming a checkpoint into place and updating ``latest.json`` leaves a
+    complete checkpoint newer than the one ``latest.json`` names; that one is the newest.
+    """
     output_dir = Path(output_dir)
+    found = checkpoints(output_dir)
     try:
         latest = json.loads((output_dir / "latest.json").read_text(encoding="utf-8"))
         path = output_dir / latest["checkpoint"]
-        if path.is_file():
+        if path.is_file() and (not found or int(latest["step"]) >= found[-1][0]):
             return path
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    found = checkpoints(output_dir)
     return found[-1][1] if found else None
 
 

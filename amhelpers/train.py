@@ -43,7 +43,6 @@ import os
 import random
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +76,7 @@ from amhelpers.settings import home
 from amhelpers.trainconfig import (
     TrainConfig,
     add_arguments,
+    check_resume_settings,
     check_rows,
     config_from_args,
     model_config,
@@ -277,10 +277,8 @@ def _prepare(cfg: TrainConfig, output_dir: Path, device: torch.device,
     if val_rows:
         val_rows = check_rows(val_rows, config, "--val-manifest")
     tokenizer_sha = sha256_file(cfg.tokenizer) if cfg.tokenizer else None
-    if resume_path and tokenizer_sha and payload["meta"].get("tokenizer_sha256") not in (
-            None, tokenizer_sha):
-        warnings.warn(f"--tokenizer {cfg.tokenizer} differs from the one {resume_path} was "
-                      "trained with", stacklevel=3)
+    if resume_path:
+        check_resume_settings(cfg, payload["meta"], tokenizer_sha, resume_path)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -357,8 +355,11 @@ def _loop(run: _Run, on_step: StepHook | None) -> dict[str, Any]:
     """Step until ``max_steps`` (or ``max_minutes``): log, validate, save; save at the end."""
     cfg, model, optimizer = run.cfg, run.model, run.optimizer
     log = RunLog(run.output_dir, run.step, resumed=run.resume_path is not None)
-    bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not cfg.progress, desc="train",
-               unit="step", dynamic_ncols=True)
+    # The bar names the run folder ("runs/fix/train" -> "train fix") so a notebook's bars say
+    # which run each one is.
+    where = run.output_dir.parent.name if run.output_dir.name == "train" else run.output_dir.name
+    bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not cfg.progress,
+               desc=f"train {where}", unit="step", dynamic_ncols=True)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     started = time.monotonic()

@@ -8,7 +8,8 @@ line) and how to fix it:
 - :meth:`TrainConfig.check`: every setting that cannot work, in one message;
 - :func:`resolve_device`: ``--device`` on this machine (CUDA missing is one line);
 - :func:`tokenizer_size`, :func:`model_config`, :func:`check_rows`: the tokenizer, the
-  checkpoint started from and the manifests against the model config.
+  checkpoint started from and the manifests against the model config;
+- :func:`check_resume_settings`: a resumed run's settings against its checkpoint's.
 """
 
 from __future__ import annotations
@@ -226,6 +227,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            default=None, metavar=kind.__name__.upper())
 
 
+def command_line(cfg: TrainConfig) -> str:
+    """``python -m amhelpers train ...`` with the flags of ``cfg`` that differ from the defaults
+    (the same run from the shell; a notebook prints it)."""
+    parts = ["python -m amhelpers train"]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name == "model" or value == f.default:
+            continue
+        if f.name == "progress":
+            parts.append("--no-progress")
+        elif f.name == "overwrite":
+            parts.append("--overwrite")
+        else:
+            parts.append(f"--{f.name.replace('_', '-')} {value:g}" if isinstance(value, float)
+                         else f"--{f.name.replace('_', '-')} {value}")
+    return " \\\n    ".join(parts)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build a :class:`TrainConfig` from parsed ``train`` flags."""
     values = vars(args)
@@ -365,3 +384,37 @@ def model_config(cfg: TrainConfig, payload: dict[str, Any] | None, flag: str,
     if payload is not None and tokenizer_size is not None:
         _check_tokenizer(tokenizer_size, cfg.tokenizer, config, flag, source)
     return config
+
+
+# Settings a resumed run must share with its checkpoint: they shape every later step (the recipe,
+# the effective batch, the seed); the data order and vocabulary are checked by the sampler and
+# the model config. --max-steps may change (to extend a run), which changes the schedule's tail.
+RESUME_MUST_MATCH = ("learning_rate", "new_row_lr", "text_loss_weight", "mel_loss_weight",
+                     "guided_attention_weight", "guided_attention_sigma", "warmup_steps",
+                     "weight_decay", "batch_size", "grad_clip", "freeze_base_rows", "freeze_mode",
+                     "decay", "new_rows_only_steps", "seed", "bucket_window")
+
+
+def check_resume_settings(cfg: TrainConfig, meta: dict[str, Any], tokenizer_sha: str | None,
+                          resume_path: Path) -> None:
+    """Refuse to resume ``resume_path`` with settings that differ from its own.
+
+    Raises:
+        ValueError: naming each differing flag with this run's and the checkpoint's value, or a
+            tokenizer whose sha256 differs from the one the checkpoint was trained with.
+    """
+    def show(value: Any) -> str:
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    saved = meta.get("train_config") or {}
+    diffs = [f"--{name.replace('_', '-')} {show(getattr(cfg, name))} (checkpoint: {show(saved[name])})"
+             for name in RESUME_MUST_MATCH if name in saved and saved[name] != getattr(cfg, name)]
+    if tokenizer_sha and meta.get("tokenizer_sha256") not in (None, tokenizer_sha):
+        diffs.insert(0, f"--tokenizer {cfg.tokenizer} (sha256 {tokenizer_sha[:12]}; the "
+                        f"checkpoint was trained with {meta.get('tokenizer')}, sha256 "
+                        f"{meta['tokenizer_sha256'][:12]})")
+    if diffs:
+        raise ValueError(f"--resume {resume_path}: this run's settings differ from the "
+                         f"checkpoint's: {'; '.join(diffs)}. Resume with the checkpoint's "
+                         "settings (its run's config.json), or start a new run in another "
+                         "--output-dir")

@@ -4,7 +4,7 @@ claims rest on (quick profile).
 Only claims that hold robustly on the quick profile are asserted: exact freezing leaves the
 base rows bit-identical, the original fix's hook lets them move (by weight decay, of the
 order the formula gives, and much further with restored Adam moments), and new rows move far
-more per step at 1e-3 than at 5e-6. Generation quality is printed by the notebook, not
+more per step at the fix's new-row rate than at the original fix's. Generation quality is printed by the notebook, not
 asserted: 40-step quick runs are too short for a stable ordering.
 """
 
@@ -17,6 +17,10 @@ from amhelpers.tables import TEXT_KEYS
 
 pm = pytest.importorskip("papermill")
 
+# New rows move per step at the fix's rate / at the original fix's rate (learning rates 40x
+# apart): min over seeds 0-2 was 23 (text_head.bias; 198 and 328 for the weights), measured by
+# tests/functional/recipe_margins.py.
+LR_SPEEDUP_MIN = 10
 PARTS = {"04a_leak.ipynb": {"leak"}, "04b_recipe.ipynb": {"init", "lr", "fix"}}
 
 
@@ -72,17 +76,25 @@ def test_chapter4_numbers(hornmt_dir, course_home, tmp_path):
     for r in summary["init"]["short"].values():
         assert r["steps"] == summary["init"]["short_steps"] and r["val"]["step"] == r["steps"]
 
-    # (c) New rows move far more per step at 1e-3 (FIX) than at 5e-6 (ORIGINAL_FIX).
-    assert all(summary["lr"]["fix_over_original_fix"][k] > 20 for k in TEXT_KEYS)
-    per_step = summary["lr"]["per_step_new_row_drift"]
-    if "init_indextts_short (1e-3)" in per_step:  # same init, only the learning rate differs
-        assert all(per_step["init_indextts_short (1e-3)"][k]
-                   > 20 * per_step["original_fix (5e-6)"][k] for k in TEXT_KEYS)
+    # (c) New rows move far more per step at the fix's new-row rate (the pretraining rate) than
+    # at the original fix's (40x lower on the mini model).
+    lr = summary["lr"]
+    assert lr["new_row_lr"]["fix"] == pytest.approx(40 * lr["new_row_lr"]["original_fix"])
+    assert all(lr["fix_over_original_fix"][k] > LR_SPEEDUP_MIN for k in TEXT_KEYS)
+    per_step = lr["per_step_new_row_drift"]
+    if "init_indextts_short" in per_step:  # same init, only the learning rate differs
+        assert all(per_step["init_indextts_short"][k] > LR_SPEEDUP_MIN * per_step["original_fix"][k]
+                   for k in TEXT_KEYS)
 
-    # (d) The comparison tables exist (their values are reported, not asserted).
-    assert {"original", "original_fix", "fix", "fix_no_freeze"} <= set(summary["fix"]["amharic"])
-    for name in ("original", "original_fix", "fix"):
-        assert {"mcd", "length_corr", "length_ratio"} <= set(summary["fix"]["amharic"][name])
-    assert {"base", "fix", "fix_no_freeze"} <= set(summary["fix"]["english"])
-    for e in summary["fix"]["english"].values():
+    # (d) Amharic generation for every run, English retention for the fix's variants (their
+    # values are reported, not asserted); the backbone's rate varied apart from the new rows'.
+    amharic, english = summary["fix"]["amharic"], summary["fix"]["english"]
+    assert {"original", "original_fix", "fix", "fix_no_freeze", "fix_slow_backbone"} <= set(amharic)
+    for run in amharic.values():
+        assert {"mcd", "length_corr", "length_ratio", "learning_rate", "new_row_lr"} <= set(run)
+    assert amharic["fix_slow_backbone"]["new_row_lr"] == amharic["fix"]["new_row_lr"]
+    assert amharic["fix_slow_backbone"]["learning_rate"] == pytest.approx(
+        amharic["fix"]["learning_rate"] / 4)
+    assert {"base", "fix", "fix_no_freeze", "fix_slow_backbone"} <= set(english)
+    for e in english.values():
         assert {"mcd", "length_corr", "val_mel_loss"} <= set(e)

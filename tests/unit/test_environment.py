@@ -30,6 +30,7 @@ CONDA_FORGE = {
     "protobuf", "librosa", "pysoundfile", "scikit-learn", "matplotlib", "matplotlib-base",
     "tqdm", "tensorboard", "ipywidgets", "pyyaml", "jupyterlab", "pytest", "hypothesis",
     "nbval", "papermill", "ipykernel", "nbformat", "nbclient", "ruff", "transformers", "einops",
+    "psutil",  # anaconda.org/conda-forge/psutil (7.2.2)
 }
 # Packages of other channels that conda-forge does not have.
 NOT_CONDA_FORGE = {"cpuonly", "pytorch-cuda", "cudatoolkit"}

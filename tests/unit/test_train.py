@@ -444,13 +444,18 @@ def test_tokenizer_that_does_not_fit_the_checkpoint_is_refused(manifests, tmp_pa
 
 def test_resume_with_other_batches_or_groups_names_the_checkpoint(manifests, tmp_path):
     train(config(manifests, tmp_path / "a", max_steps=2, val_manifest=None))
-    with pytest.raises(ValueError, match=r"--resume .*ckpt_00000002.pt: the saved data position "
-                                         r"belongs to other batches: batch_size=8 \(now 4\)"):
+    with pytest.raises(ValueError, match=r"--resume .*ckpt_00000002.pt: this run's settings differ "
+                                         r"from the checkpoint's: --batch-size 4 \(checkpoint: 8\)"):
         train(config(manifests, tmp_path / "a", val_manifest=None, resume="auto", batch_size=4))
-    with pytest.raises(ValueError, match=r"--resume .*ckpt_00000002.pt: its optimizer state does "
-                                         r"not fit this run's parameter groups .*--freeze-base-rows"):
+    with pytest.raises(ValueError, match=r"--resume .*ckpt_00000002.pt: this run's settings differ "
+                                         r"from the checkpoint's: --freeze-base-rows 20 "
+                                         r"\(checkpoint: None\)"):
         train(config(manifests, tmp_path / "a", val_manifest=None, resume="auto",
                      freeze_base_rows=20))
+    with pytest.raises(ValueError, match=r"--resume .*ckpt_00000002.pt: the saved data position "
+                                         r"belongs to other batches"):
+        train(config((manifests[1], manifests[1]), tmp_path / "a", val_manifest=None,
+                     resume="auto"))
 
 
 # ----------------------------------------------------------------------------------- CLI

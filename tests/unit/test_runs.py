@@ -1,0 +1,88 @@
+"""``python -m amhelpers runs``: a grid of notebook runs with papermill (issue 12).
+
+A stand-in notebook (``data/fake_train.ipynb``) writes what notebook 05 writes, so the runner's
+own behaviour is tested in seconds: points, skipping, resuming a grid, failures, the table and
+the TensorBoard folder. Notebook 05 itself runs in the notebook and functional tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from amhelpers import __main__ as cli
+from amhelpers import runs
+
+pytest.importorskip("papermill")
+FAKE = Path(__file__).parent / "data" / "fake_train.ipynb"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_read_grid_builds_the_product_and_the_extra_points(tmp_path):
+    grid = write(tmp_path / "g.yaml", "parameters: {PROFILE: quick}\n"
+                                      "grid: {RECIPE: [a, b], SEED: [0, 1]}\n"
+                                      "points: [{RECIPE: c}]\n")
+    points = runs.read_grid(grid, FAKE)
+    assert points[:2] == [{"PROFILE": "quick", "RECIPE": "a", "SEED": 0},
+                          {"PROFILE": "quick", "RECIPE": "a", "SEED": 1}]
+    assert len(points) == 5 and points[-1] == {"PROFILE": "quick", "RECIPE": "c"}
+    assert runs.point_name(points[1], ["RECIPE", "SEED"]) == "recipe-a_seed-1"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid: {RECIPE: [a, b]\n", r"--grid .*g.yaml: not valid YAML"),
+    ("grid: {LEARNIN_RATE: [1]}\n", r"--grid .*g.yaml: LEARNIN_RATE is not parameters a grid may "
+                                    r"set in fake_train.ipynb; choose from PROFILE, RECIPE, SEED, FAIL"),
+    ("grid: {OUT_DIR: [x]}\n", r"OUT_DIR is not parameters a grid may set"),
+    ("grid: {RECIPE: []}\n", r"grid.RECIPE must be a non-empty list"),
+    ("grid: {RECIPE: [a, a]}\n", r"the point \{'RECIPE': 'a'\} appears twice"),
+    ("runs: {RECIPE: [a]}\n", r"a mapping with a non-empty 'grid' and/or 'points'"),
+    ("points: {RECIPE: a}\n", r"'points' a list of mappings"),
+])
+def test_bad_grid_files_are_one_line_errors_naming_the_file(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        runs.read_grid(write(tmp_path / "g.yaml", text), FAKE)
+
+
+def test_grid_runs_skips_done_points_resumes_and_reports_failures(tmp_path, capsys):
+    grid = write(tmp_path / "g.yaml", "grid: {RECIPE: [a, b]}\npoints: [{RECIPE: c, FAIL: 1}]\n")
+    out = tmp_path / "out"
+    argv = ["runs", "--grid", str(grid), "--out", str(out), "--notebook", str(FAKE), "--no-progress"]
+    assert cli.main(argv) == 1  # one point failed; the others ran
+    report = json.loads((out / "grid.json").read_text())
+    status = {e["name"]: e["status"] for e in report["points"]}
+    assert status == {"recipe-a": "done", "recipe-b": "done", "fail-1_recipe-c": "failed"}
+    failed = report["points"][2]
+    assert "point c failed on purpose" in failed["error"]
+    assert Path(failed["notebook"]).is_file()  # the executed notebook shows where it failed
+    assert "1 failed" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["point"] for r in rows] == ["recipe-a", "recipe-b", "fail-1_recipe-c"]
+    assert rows[0]["RECIPE"] == "a" and float(rows[0]["val_mel_loss"]) == 4.0
+    assert rows[2]["status"] == "failed" and rows[2]["val_mel_loss"] == ""
+    assert "| recipe-a |" in (out / "results.md").read_text()
+    assert (out / "tb" / "a-seed0-recipe-a" / "events.out.tfevents.test").read_text() == "a"
+
+    # A grid killed after point a: b's results are gone; the rerun runs b (and c) only.
+    (out / "points" / "recipe-b" / "summary.json").unlink()
+    stamp = (out / "points" / "recipe-a" / "summary.json").stat().st_mtime_ns
+    assert cli.main(argv) == 1
+    report = json.loads((out / "grid.json").read_text())
+    assert [e["status"] for e in report["points"]] == ["skipped", "done", "failed"]
+    assert (out / "points" / "recipe-a" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_missing_grid_or_notebook_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["runs", "--grid", str(tmp_path / "none.yaml"), "--out", str(tmp_path)]) == 2
+    assert "--grid" in capsys.readouterr().err
+    grid = write(tmp_path / "g.yaml", "grid: {RECIPE: [a]}\n")
+    assert cli.main(["runs", "--grid", str(grid), "--out", str(tmp_path / "o"),
+                     "--notebook", str(tmp_path / "nb.ipynb")]) == 2
+    assert "--notebook" in capsys.readouterr().err
