@@ -47,6 +47,9 @@ EVIDENCE_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "new_share_below_1pct": ("a number in [0, 1]", lambda v: _number(v, 0, 1)),
     "new_drift_median": ("a number >= 0", lambda v: _number(v, 0)),
     "new_decay_factor": ("a finite number", _number),
+    "new_rows_in_training": ("a whole number >= 0", lambda v: _number(v, 0) and float(v).is_integer()),
+    "new_rows_not_in_training": ("a whole number >= 0",
+                                 lambda v: _number(v, 0) and float(v).is_integer()),
     "flagged_new_share": ("a number in [0, 1]", lambda v: _number(v, 0, 1)),
     "norm_ratio": ("a number >= 0 or an object {table: number >= 0}",
                    lambda v: (_number(v, 0) or (isinstance(v, Mapping) and all(
@@ -92,7 +95,9 @@ def rank_causes(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     - ``unk_rate``: share of ``<unk>`` tokens in the target text.
     - ``new_share_below_1pct`` (and ``new_drift_median``, ``new_decay_factor``): share of new
-      rows that moved < 1% from init beyond what weight decay explains
+      rows that moved < 1% from init beyond what weight decay explains (of the rows whose token
+      occurs in the training data when ``new_rows_in_training`` and
+      ``new_rows_not_in_training`` say how many there are)
       (:func:`amhelpers.tables.drift_from_init`'s ``beyond_decay``); else ``flagged_new_share`` (share of new rows flagged as under-trained).
     - ``norm_ratio``: ``{table: new mean norm / base mean norm}`` (or one float).
     - ``plateau`` (bool) and ``loss_relative_change``, ``loss_level``.
@@ -128,8 +133,14 @@ def rank_causes(evidence: Mapping[str, Any]) -> list[dict[str, Any]]:
     flagged = evidence.get("flagged_new_share")
     if share is not None:
         med, factor = evidence.get("new_drift_median"), evidence.get("new_decay_factor")
+        seen, unseen = evidence.get("new_rows_in_training"), evidence.get("new_rows_not_in_training")
         text = (f"{float(share):.0%} of new rows moved < 1% from their init beyond what weight "
                 "decay explains")
+        if seen is not None:
+            text = (f"{float(share):.0%} of the {int(seen)} new rows whose token occurs in the "
+                    "training data moved < 1% from their init beyond what weight decay explains"
+                    + (f"; {int(unseen)} more never occur in it (no learning rate moves those)"
+                       if unseen else ""))
         if med is not None:
             text += f" (median drift {float(med):.2%}"
             if factor is not None and abs(1 - float(factor)) > 1e-3:

@@ -44,6 +44,7 @@ import torch
 from .causes import check_evidence, parse_evidence, rank_causes
 from .checkpoint import initial_state_from_record, read_extension_record, record_path
 from .ckptio import load_state_dict
+from .data import read_manifest
 from .io import check_output_file, same_file, write_bytes_atomic
 from .logs import PLATEAU_THRESHOLD, check_plateau_args, plateau_from_log
 from .tables import (
@@ -190,7 +191,8 @@ def diagnose(checkpoint: str | Path, base_rows: int | None = None,
              lang: str | None = None, log: str | Path | None = None, log_key: str = "loss",
              log_split: str | None = "train", window: int | None = None,
              threshold: float = PLATEAU_THRESHOLD, evidence: Mapping[str, Any] | None = None,
-             plot: str | Path | None = None, trust_pickle: bool = False) -> dict[str, Any]:
+             plot: str | Path | None = None, trust_pickle: bool = False,
+             train_manifest: str | Path | None = None) -> dict[str, Any]:
     """Gather every measurement on one checkpoint into a JSON-ready dict.
 
     Args:
@@ -207,6 +209,8 @@ def diagnose(checkpoint: str | Path, base_rows: int | None = None,
         evidence: extra checklist numbers (``val_loss_ratio``, ``length_corr``, ``mcd_ratio``).
         plot: write the norm figure here (PNG).
         trust_pickle: see :func:`amhelpers.ckptio.load_state_dict`.
+        train_manifest: the run's training manifest (JSONL with ``text_ids``): new rows whose
+            token never occurs in it cannot move, so "not moving" is judged on the others.
 
     Returns:
         ``checkpoint``, ``layout``, ``rows``, ``dim``, ``base_rows``, ``base_rows_source``,
@@ -268,17 +272,22 @@ def diagnose(checkpoint: str | Path, base_rows: int | None = None,
     flagged_summary = {"base": n_base_flagged, "new": n_new_flagged,
                        "new_share": n_new_flagged / len(new) if len(new) else None}
 
+    trained_ids = None
+    if train_manifest is not None:
+        trained_ids = {i for row in read_manifest(train_manifest) for i in row["text_ids"]}
     drift_out = None
     if init_snapshot is not None:
         init_sd, _ = load_state_dict(init_snapshot, trust_pickle)
         drift_out = {"source": f"init snapshot {init_snapshot}", "exact": True,
-                     **drift_from_init(sd, init_sd, base_rows if base_rows is not None else rows - 1)}
+                     **drift_from_init(sd, init_sd, base_rows if base_rows is not None else rows - 1,
+                                       trained_ids=trained_ids)}
     elif record is not None and base_rows is not None and len(new):
         try:
             init_sd, exact = initial_state_from_record(sd, record)
             drift_out = {"source": f"rebuilt from extension record ({record_source}), "
                                    f"strategy {record['strategy']}, seed {record.get('seed', 0)}",
-                         "exact": exact, **drift_from_init(sd, init_sd, base_rows)}
+                         "exact": exact, **drift_from_init(sd, init_sd, base_rows,
+                                                           trained_ids=trained_ids)}
             # the rebuilt init reuses today's base rows: compare them by the record's sha256
             same = base_rows_sha256(sd, base_rows) == record.get("base_rows_sha256")
             for table in drift_out["tables"].values():
@@ -308,9 +317,15 @@ def diagnose(checkpoint: str | Path, base_rows: int | None = None,
         ev["unk_rate"] = unk["unk_rate"]
     if drift_out is not None and drift_out["tables"][TEXT_KEYS[0]]["new"]["rows"]:
         moved = drift_out["tables"][TEXT_KEYS[0]]["new"]
-        ev["new_share_below_1pct"] = moved["beyond_decay"]["share_below_1pct"]
         ev["new_drift_median"] = moved["median"]
         ev["new_decay_factor"] = moved["decay_factor"]
+        seen = moved.get("in_training")
+        if seen is not None and seen["rows"]:  # judged on the rows a gradient could reach
+            ev["new_share_below_1pct"] = seen["beyond_decay"]["share_below_1pct"]
+            ev["new_rows_in_training"] = seen["rows"]
+            ev["new_rows_not_in_training"] = moved["rows"] - seen["rows"]
+        else:
+            ev["new_share_below_1pct"] = moved["beyond_decay"]["share_below_1pct"]
     if flagged_summary["new_share"] is not None:
         ev["flagged_new_share"] = flagged_summary["new_share"]
     if len(new):
@@ -390,6 +405,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", default=None, help="target text: a UTF-8 file or a HornMT code")
     parser.add_argument("--lang", default=None, help="ISO 639-3 code of --text (normalisation)")
     parser.add_argument("--log", default=None, help="metrics.jsonl, a run folder or a TensorBoard folder")
+    parser.add_argument("--train-manifest", default=None,
+                        help="the run's training manifest: judge 'not moving' on the new rows "
+                             "whose token occurs in it (the others get no gradient)")
     parser.add_argument("--log-key", default="loss", help="loss key / scalar tag (default loss)")
     parser.add_argument("--log-split", default="train", help="JSONL split to read (default train)")
     parser.add_argument("--window", type=int, default=None, help="plateau window in log points")
@@ -410,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
     report = diagnose(args.checkpoint, args.base_rows, args.init_snapshot, args.extension_record,
                       args.tokenizer, args.text, args.lang, args.log, args.log_key,
                       args.log_split or None, args.window, args.threshold, evidence, args.plot,
-                      args.trust_pickle)
+                      args.trust_pickle, train_manifest=args.train_manifest)
     if report["plateau"] and report["plateau"]["warning"]:
         print(f"warning: {report['plateau']['warning']}", file=sys.stderr)
     if args.json:

@@ -336,7 +336,7 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 # The layout of a fine-tune's result.json; part of every run's key, so a result written by an
 # older version (lacking a field) is trained again, not read.
-RESULT_FORMAT = 2
+RESULT_FORMAT = 3
 
 
 def run_folder(p: Profile, spec: Recipe, phrases: int | None = None, seed: int | None = None,
@@ -394,6 +394,7 @@ def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int |
 
     Returns:
         ``key``, ``run_dir``, ``checkpoint``, ``init``, ``base_rows``, ``rows``, ``tokenizer``,
+        ``train_manifest``,
         ``val`` (last validation), ``first_val``, ``learning_rate``, ``new_row_lr`` and
         ``warmup_steps`` (the recipe mapped onto this model and run,
         :meth:`amhelpers.recipes.Recipe.train_config`), ``phrases``, ``seed``,
@@ -465,7 +466,8 @@ def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int |
     result = {"key": key, "spec": spec_dict, "settings": shaping, "base_sha256": base_sha,
               "run_dir": str(run_dir), "checkpoint": out["checkpoint"],
               "init": str(init_path), "base_rows": base_vocab, "rows": new_vocab + 1,
-              "tokenizer": str(ext_tok), "learning_rate": cfg.learning_rate,
+              "tokenizer": str(ext_tok), "train_manifest": cfg.train_manifest,
+              "learning_rate": cfg.learning_rate,
               "new_row_lr": cfg.new_row_lr, "warmup_steps": cfg.warmup_steps,
               "phrases": limit, "seed": seed,
               "resumed_from_step": checkpoint_step(last) if last is not None else 0,

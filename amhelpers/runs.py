@@ -12,6 +12,7 @@ A grid file (YAML) names notebook 05's parameters::
 
 Layout of ``--out``::
 
+    points/<point>/point.json       its parameters (a rerun with other ones is refused)
     points/<point>/05_train.ipynb   the executed notebook of one point
     points/<point>/summary.json     its results (the notebook writes it last: the point is done)
     tb/<recipe>-seed<n>[-<point>]/  a copy of the point's TensorBoard logs, so that
@@ -155,6 +156,14 @@ def run_grid(grid: Path, out: Path, notebook: Path = NOTEBOOK, progress: bool = 
     names = [point_name(p, varying) for p in points]
     if len(set(names)) < len(names):  # long values cut short: add the index
         names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
+    for name, point in zip(names, points):  # nothing runs if --out holds another grid's points
+        record = out / "points" / name / "point.json"
+        if record.is_file():
+            old = json.loads(record.read_text(encoding="utf-8"))
+            if old != json.loads(json.dumps(point, default=str)):
+                raise ValueError(f"--out {out} holds another grid's point {name} (parameters "
+                                 f"{old}, now {point}): choose another --out, or delete "
+                                 f"{record.parent}")
     (out / "points").mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"grid": str(grid), "notebook": str(notebook), "points": []}
     bar = tqdm(total=len(points), desc="grid points", unit="point", disable=not progress)
@@ -168,6 +177,7 @@ def run_grid(grid: Path, out: Path, notebook: Path = NOTEBOOK, progress: bool = 
             entry["status"] = "skipped"
         else:
             folder.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(folder / "point.json", json.dumps(point, default=str))
             try:
                 papermill.execute_notebook(str(notebook), str(folder / notebook.name),
                                            parameters={**point, "OUT_DIR": str(folder)},

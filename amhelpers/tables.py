@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -214,7 +214,8 @@ def _movement(a: np.ndarray, b: np.ndarray, base: np.ndarray, new: np.ndarray
 
 
 def drift_from_init(state_dict: Mapping[str, torch.Tensor], init_state: Mapping[str, torch.Tensor],
-                    base_rows: int, moved_threshold: float = MOVED_THRESHOLD) -> dict[str, Any]:
+                    base_rows: int, moved_threshold: float = MOVED_THRESHOLD,
+                    trained_ids: Iterable[int] | None = None) -> dict[str, Any]:
     """How far each row moved from its init, in total and beyond what weight decay explains.
 
     (The frozen base rows' change since a freeze snapshot is :mod:`amhelpers.freeze`'s measure.)
@@ -227,9 +228,15 @@ def drift_from_init(state_dict: Mapping[str, torch.Tensor], init_state: Mapping[
     the distance from the best decay-only prediction ``alpha * w0`` (``alpha`` in [0, 1]; per row
     for 2-D tables, which leaves the change orthogonal to ``w0``; one ``alpha`` for the bias).
 
+    ``trained_ids``: the token ids that occur in the training data. A new row whose token never
+    occurs gets no gradient and cannot move at any learning rate; with ``trained_ids`` each
+    table's ``new`` also holds ``in_training``, the same summary over the new rows whose token
+    occurs (``rows`` of them), so a share below 1% there is the learning rate's doing.
+
     Returns:
         Per table ``{"relative_to", "scale", "new": {"rows", "median", "mean", "max", "min",
-        "share_below_1pct", "beyond_decay": {same five}, "decay_factor"}, "base": {"rows",
+        "share_below_1pct", "beyond_decay": {same five}, "decay_factor"[, "in_training":
+        {"rows", same five, "beyond_decay"}]}, "base": {"rows",
         "median", "max", "changed_rows"}}`` (``changed_rows``: base rows not bit-identical to
         the snapshot; ``decay_factor``: median ``<w, w0> / |w0|^2`` of the new rows, about
         ``(1 - lr wd)^steps`` when only decay acted), plus ``moved_threshold``.
@@ -245,6 +252,7 @@ def drift_from_init(state_dict: Mapping[str, torch.Tensor], init_state: Mapping[
     check_finite_tables(state_dict, "checkpoint")
     check_finite_tables(init_state, "init snapshot")
     base, new, _ = split_rows(rows, base_rows)
+    trained = None if trained_ids is None else np.fromiter(set(trained_ids), dtype=np.int64)
     tables = {}
     for key in TEXT_KEYS:
         w, w0 = state_dict[key].detach().cpu(), init_state[key].detach().cpu()
@@ -255,11 +263,16 @@ def drift_from_init(state_dict: Mapping[str, torch.Tensor], init_state: Mapping[
         rb = total[base]
         idx = torch.as_tensor(base, dtype=torch.long)
         changed = (w[idx] != w0[idx]).reshape(len(base), -1).any(1)
+        moved_new = {"rows": len(new), **_summary(total[new], moved_threshold),
+                     "beyond_decay": _summary(beyond[new], moved_threshold),
+                     "decay_factor": float(np.median(alpha[new])) if len(new) else None}
+        if trained is not None:
+            seen = new[np.isin(new, trained)]
+            moved_new["in_training"] = {"rows": len(seen), **_summary(total[seen], moved_threshold),
+                                        "beyond_decay": _summary(beyond[seen], moved_threshold)}
         tables[key] = {
             "relative_to": relative_to, "scale": scale,
-            "new": {"rows": len(new), **_summary(total[new], moved_threshold),
-                    "beyond_decay": _summary(beyond[new], moved_threshold),
-                    "decay_factor": float(np.median(alpha[new])) if len(new) else None},
+            "new": moved_new,
             "base": {"rows": len(rb),
                      "median": float(np.median(rb)) if len(rb) else None,
                      "max": float(rb.max()) if len(rb) else None,

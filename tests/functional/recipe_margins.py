@@ -32,8 +32,9 @@ def measure(seed: int) -> dict:
         out[f"{name}.val_mel"] = r["val"]["mel_loss"]
         rep = diagnose.diagnose(r["checkpoint"], r["base_rows"], init_snapshot=r["init"],
                                 tokenizer=r["tokenizer"], text=p.target_lang, lang=p.target_lang,
-                                log=f"{r['run_dir']}/train")
+                                log=f"{r['run_dir']}/train", train_manifest=r["train_manifest"])
         out[f"{name}.first_cause"] = rep["causes"][0]["cause"]
+        out[f"{name}.share_below_1pct_in_training"] = rep["evidence"]["new_share_below_1pct"]
         out[f"{name}.unk_rate"] = rep["unk"]["unk_rate"]
     per_step = {name: {k: r["drift"]["tables"][k]["new"]["median"] / r["steps"] for k in TEXT_KEYS}
                 for name, r in runs.items()}

@@ -335,3 +335,36 @@ def test_plot_returns_figure_without_base_rows():
     sd = pretrained()
     fig = dg.plot_norms(sd, None)
     assert isinstance(fig, Figure) and len(fig.axes) == 6
+
+
+def test_rows_never_in_training_are_not_blamed_on_the_learning_rate(grown, tmp_path):
+    """A new row whose token never occurs in the training data cannot move: with the run's
+    training manifest, "not moving" is judged on the rows a gradient could reach (issue 11)."""
+    path, sd, _ = grown
+    n_new = NEW - BASE
+    # the first 40 new rows trained (moved 10%), the last 20 never occurred (did not move)
+    rel = torch.tensor([0.1] * 40 + [0.0] * (n_new - 40))
+    trained = move_new_rows(sd, BASE, NEW, rel)
+    in_training = list(range(3, BASE)) + list(range(BASE, BASE + 40))
+    out = tables.drift_from_init(trained, sd, BASE, trained_ids=iter(in_training))
+    for key in KEYS[:2]:
+        seen = out["tables"][key]["new"]["in_training"]
+        assert seen["rows"] == 40 and seen["share_below_1pct"] == 0.0
+        assert out["tables"][key]["new"]["share_below_1pct"] == pytest.approx(20 / n_new)
+    checkpoint = tmp_path / "trained.pth"
+    torch.save({"model": trained}, checkpoint)
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"r{i}", "lang": "amh", "text": "x",
+                                            "text_ids": in_training[i::5], "codes": [1, 2],
+                                            "n_codes": 2, "n_text": len(in_training[i::5])})
+                                 + "\n" for i in range(5)))
+    blind = dg.diagnose(checkpoint, extension_record=ck.record_path(path))
+    aware = dg.diagnose(checkpoint, extension_record=ck.record_path(path), train_manifest=manifest)
+    assert blind["evidence"]["new_share_below_1pct"] == pytest.approx(20 / n_new)
+    assert aware["evidence"]["new_share_below_1pct"] == 0.0
+    assert aware["evidence"]["new_rows_in_training"] == 40
+    assert aware["evidence"]["new_rows_not_in_training"] == n_new - 40
+    moving = next(c for c in aware["causes"] if c["cause"] == causes.CAUSE_NOT_MOVING)
+    assert moving["score"] == 0.0
+    assert "0% of the 40 new rows whose token occurs in the training data" in moving["evidence"]
+    assert f"{n_new - 40} more never occur in it" in moving["evidence"]

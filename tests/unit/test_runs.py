@@ -86,3 +86,15 @@ def test_missing_grid_or_notebook_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["runs", "--grid", str(grid), "--out", str(tmp_path / "o"),
                      "--notebook", str(tmp_path / "nb.ipynb")]) == 2
     assert "--notebook" in capsys.readouterr().err
+
+
+def test_an_out_folder_of_another_grid_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "out"
+    first = write(tmp_path / "a.yaml", "parameters: {PROFILE: quick}\ngrid: {RECIPE: [a, b]}\n")
+    assert runs.run_grid(first, out, FAKE, progress=False)["ok"]
+    other = write(tmp_path / "b.yaml", "parameters: {PROFILE: full}\ngrid: {RECIPE: [a, b]}\n")
+    stamp = (out / "points" / "recipe-a" / "summary.json").stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"--out .*out holds another grid's point recipe-a "
+                                         r"\(parameters .*'PROFILE': 'quick'.*now .*'full'"):
+        runs.run_grid(other, out, FAKE, progress=False)
+    assert (out / "points" / "recipe-a" / "summary.json").stat().st_mtime_ns == stamp
