@@ -278,6 +278,7 @@ def samples(p: Profile, generations: Mapping[str, Mapping[str, Any]], n: int = 3
     Raises:
         ValueError: the runs were evaluated on different sentences.
     """
+    from .codec import log_mel
     from .speech import load_wav, synthesize
 
     book = codec(p, progress=False)
@@ -287,7 +288,7 @@ def samples(p: Profile, generations: Mapping[str, Mapping[str, Any]], n: int = 3
         raise ValueError("samples: the runs were evaluated on different sentences; evaluate "
                          "them on the same held-out manifest")
     wavs = [load_wav(path) for path in synthesize(texts, lang or p.target_lang, progress=False)]
-    mels = mels_for(lang or p.target_lang, texts, progress=False)
+    mels = [log_mel(wav) for wav in wavs]  # what mels_for computes, from the wavs loaded here
     out = []
     for i, text in enumerate(texts):
         runs = {}
@@ -443,7 +444,8 @@ def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int |
             ckpt.save_state_dict(init_path, grown, meta)
             record = {**record, "pretrained": False}
         ckpt.write_extension_record(init_path, record)
-    grown, _ = ckpt.load_state_dict(init_path)
+    else:  # a killed run resumes: its init snapshot is on disk
+        grown, _ = ckpt.load_state_dict(init_path)
     val_every = p.finetune_val_every
     cfg = spec.train_config(
         base_vocab, p.learning_rate, steps,

@@ -240,8 +240,8 @@ def command_line(cfg: TrainConfig) -> str:
         elif f.name == "overwrite":
             parts.append("--overwrite")
         else:
-            parts.append(f"--{f.name.replace('_', '-')} {value:g}" if isinstance(value, float)
-                         else f"--{f.name.replace('_', '-')} {value}")
+            parts.append(f"{_flag(f.name)} {value:g}" if isinstance(value, float)
+                         else f"{_flag(f.name)} {value}")
     return " \\\n    ".join(parts)
 
 
@@ -407,7 +407,7 @@ def check_resume_settings(cfg: TrainConfig, meta: dict[str, Any], tokenizer_sha:
         return f"{value:.6g}" if isinstance(value, float) else str(value)
 
     saved = meta.get("train_config") or {}
-    diffs = [f"--{name.replace('_', '-')} {show(getattr(cfg, name))} (checkpoint: {show(saved[name])})"
+    diffs = [f"{_flag(name)} {show(getattr(cfg, name))} (checkpoint: {show(saved[name])})"
              for name in RESUME_MUST_MATCH if name in saved and saved[name] != getattr(cfg, name)]
     if tokenizer_sha and meta.get("tokenizer_sha256") not in (None, tokenizer_sha):
         diffs.insert(0, f"--tokenizer {cfg.tokenizer} (sha256 {tokenizer_sha[:12]}; the "
