@@ -341,14 +341,16 @@ RESULT_FORMAT = 3
 
 
 def run_folder(p: Profile, spec: Recipe, phrases: int | None = None, seed: int | None = None,
-               progress: bool = False) -> tuple[Path, dict[str, Any]]:
+               progress: bool = False, save_every: int | None = None) -> tuple[Path, dict[str, Any]]:
     """Where :func:`finetune` keeps the run of these settings, and what its key hashes.
 
     Returns:
         ``(runs/<name>-<key>, settings)``: ``settings`` holds everything that shapes the result
         (the recipe but its name, ``steps``, ``seed``, ``phrases``, batch, validation interval,
-        the base model's sha256, the target language) plus ``key`` and ``base_checkpoint``.
-        A finished run of the same key may sit under another name (:func:`finetune` reuses it).
+        the base model's sha256, the target language; ``save_every`` where one is given, since
+        its checkpoints are the steps a quality curve can evaluate) plus ``key`` and
+        ``base_checkpoint``. A finished run of the same key may sit under another name
+        (:func:`finetune` reuses it).
 
     Raises:
         ValueError: ``phrases`` below 0.
@@ -363,6 +365,8 @@ def run_folder(p: Profile, spec: Recipe, phrases: int | None = None, seed: int |
                "batch_size": p.batch_size, "val_every": p.finetune_val_every,
                "base_sha256": sha256_file(base_ckpt), "target_lang": p.target_lang,
                "result_format": RESULT_FORMAT}
+    if save_every:  # absent otherwise, so the keys of runs without it stay as they were
+        shaping["save_every"] = save_every
     key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
     return (folder(p) / "runs" / f"{spec.name}-{key}",
             {**shaping, "key": key, "base_checkpoint": str(base_ckpt)})
@@ -390,8 +394,10 @@ def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int |
             ``finetune_phrases`` (low-resource), 0: every phrase of the training split.
         seed: the fine-tune's seed (init noise, batch order, dropout); None: the profile's.
             The base model is the profile's either way.
-        save_every: checkpoint every N steps (default: at every validation), so that a killed
-            run loses at most that many steps; it does not change the result or the key.
+        save_every: checkpoint every N steps and keep them all (default: at every validation,
+            the last three kept), so that a killed run loses at most that many steps and
+            :func:`quality_curve` can evaluate each. It does not change the weights; it is part
+            of the key, so a run asked for with its own interval has those checkpoints.
 
     Returns:
         ``key``, ``run_dir``, ``checkpoint``, ``init``, ``base_rows``, ``rows``, ``tokenizer``,
@@ -414,7 +420,7 @@ def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int |
 
     if spec.extension not in ("extended", "naive"):
         raise ValueError(f"Recipe.extension={spec.extension!r}: choose 'extended' or 'naive'")
-    run_dir, shaping = run_folder(p, spec, phrases, seed, progress)
+    run_dir, shaping = run_folder(p, spec, phrases, seed, progress, save_every)
     key, steps, seed, limit = (shaping[k] for k in ("key", "steps", "seed", "phrases"))
     base_ckpt, base_sha, spec_dict = Path(shaping["base_checkpoint"]), shaping["base_sha256"], asdict(spec)
     for done in sorted(run_dir.parent.glob(f"*-{key}/result.json")):  # same settings, any name
@@ -453,6 +459,7 @@ def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int |
         val_manifest=str(manifest(p, p.target_lang, "val", ext_tok, progress)),
         tokenizer=str(ext_tok), output_dir=str(train_dir), init_checkpoint=str(init_path),
         batch_size=p.batch_size, val_every=val_every, save_every=save_every or val_every,
+        keep_last=steps // save_every + 1 if save_every else 3,
         seed=seed, progress=progress, device=EMBEDDED_DEVICE,
         resume="auto" if resume else None)
     out = train(cfg)

@@ -52,7 +52,7 @@ def test_chapter5_run_records_its_results_and_resumes_exactly_after_sigkill(
         hornmt_dir, course_home, tmp_path):
     p = embedded.profile("quick")
     spec = recipes.with_settings(recipes.preset(RUN["RECIPE"]), p.learning_rate, RUN["MAX_STEPS"])
-    run_dir, _ = embedded.run_folder(p, spec, seed=RUN["SEED"])
+    run_dir, _ = embedded.run_folder(p, spec, seed=RUN["SEED"], save_every=RUN["SAVE_EVERY"])
     if run_dir.exists():  # a run of an earlier test session in a shared work folder
         shutil.rmtree(run_dir)
     out = tmp_path / "killed"
@@ -120,3 +120,13 @@ def test_chapter6_grid_compares_the_recipes(hornmt_dir, course_home, tmp_path):
         assert val("original_fix", seed) - val("fix", seed) > 0.3
     assert set(summary["changes"]) >= {"loss weights 0.4 / 0.6", "longer warmup",
                                        "learning rate / 4", "all four (the original fix)"}
+
+    # Steps to the quality bar: the bar comes from the long reference run of the fix, and every
+    # other run was evaluated against it (on quick the steps themselves are noise).
+    reference = next(r for r in points.values() if r["parameters"].get("MAX_STEPS") == 120)
+    assert summary["bar"]["reference"] == {k: pytest.approx(reference[f"generation.{k}"])
+                                           for k in ("length_corr", "mcd_vs_random")}
+    assert 0 < summary["bar"]["length_corr"] < reference["generation.length_corr"]
+    assert set(summary["steps_to_bar"]) == set(points) - {n for n, r in points.items() if r is reference}
+    assert all(s in (None, 20, 40) for s in summary["steps_to_bar"].values())
+    assert set(summary["ratio_original_fix_to_ours"]) <= {"0", "1"}

@@ -48,6 +48,11 @@ ALLOWED: dict[str, tuple[type, ...]] = {
     "MAX_STEPS": (type(None), int),
     "BATCH_SIZE": (type(None), int),
     "SAVE_EVERY": (type(None), int),
+    # chapter 7: the listening test
+    "SYSTEMS": (list,),
+    "N_SENTENCES": (type(None), int),
+    "LISTENER": (str,),
+    "SIMULATED_LISTENERS": (type(None), int),
 }
 # Every notebook takes these (``course`` passes PROFILE; TARGET_LANG and SEED shape the runs).
 REQUIRED = {"PROFILE", "TARGET_LANG", "OUT_DIR"}
