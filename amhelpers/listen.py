@@ -11,9 +11,7 @@ The pieces, each usable alone:
 - widgets: :class:`ABTest` and :class:`MOSTest` (ipywidgets, after agermanidis/pigeon): system
   names are nowhere in the widget tree until the last answer; ``answer()`` is what the buttons
   call, so tests drive them without a browser.
-- statistics: :func:`wilson`, :func:`sign_test`, :func:`bootstrap_mean`; :func:`ab_summary` and
-  :func:`mos_summary` per listener and pooled, with the listeners who rate the hidden reference
-  below the anchor flagged.
+- statistics live in :mod:`amhelpers.listenstats`.
 """
 
 from __future__ import annotations
@@ -22,13 +20,14 @@ import csv
 import html
 import io
 import itertools
-import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .listenstats import ANCHOR, REFERENCE, ab_summary, mos_summary
 
 AB_COLUMNS = ("listener", "trial", "sentence", "system_a", "system_b", "order", "answer",
               "preferred", "time")
@@ -39,8 +38,6 @@ MOS_COLUMNS = ("listener", "trial", "sentence", "system", "score", "time")
 """MOS rows: ``score`` 1-5."""
 AB_ANSWERS = ("A", "B", "none")
 MOS_SCORES = (1, 2, 3, 4, 5)
-REFERENCE, ANCHOR = "reference", "anchor"
-"""The hidden reference (espeak-ng's reading) and the low anchor (random codes) of a MOS test."""
 
 
 # ------------------------------------------------------------------------------------- trials
@@ -114,8 +111,9 @@ def listening_set(p: Any, systems: Mapping[str, str | os.PathLike], sentences: S
     renamed.
 
     Returns:
-        ``sentences``, ``conditions`` (names, systems first), ``wavs`` {condition: [paths]},
-        ``n_codes`` {condition: [codes per sentence]} and ``rate``.
+        ``sentences``, ``systems``, ``conditions`` (names, systems first), ``seed``, ``wavs``
+        {condition: [paths]}, ``n_codes`` {condition: [codes per sentence]} and ``rate``; the
+        same is written to ``out/listening_set.json`` (:func:`load_set`).
     """
     import hashlib
     import json
@@ -182,9 +180,37 @@ def listening_set(p: Any, systems: Mapping[str, str | os.PathLike], sentences: S
         write_text_atomic(record, json.dumps({"settings": settings,
                                               "n_codes": [len(c) for c in codes]}))
         wavs[name], n_codes[name] = paths, [len(c) for c in codes]
-    return {"sentences": [r["text"] for r in rows], "conditions": list(conditions),
-            "wavs": {k: [str(q) for q in v] for k, v in wavs.items()}, "n_codes": n_codes,
-            "rate": SAMPLE_RATE}
+    result = {"sentences": [r["text"] for r in rows], "systems": list(systems),
+              "conditions": list(conditions), "seed": seed,
+              "wavs": {k: [str(q) for q in v] for k, v in wavs.items()}, "n_codes": n_codes,
+              "rate": SAMPLE_RATE}
+    write_text_atomic(out / SET_FILE, json.dumps(result, ensure_ascii=False, indent=1))
+    return result
+
+
+SET_FILE = "listening_set.json"
+"""What :func:`listening_set` writes into its folder: what a listening page reads."""
+
+
+def load_set(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a listening set (its folder or its ``listening_set.json``), checking every wav.
+
+    Raises:
+        FileNotFoundError: no set there, or a wav it names is missing.
+    """
+    import json
+
+    path = Path(path)
+    path = path / SET_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no listening set; run notebook 07 (section 1) to make "
+                                "one, or point AMHELPERS_LISTEN_SET at its folder")
+    lset = json.loads(path.read_text(encoding="utf-8"))
+    missing = [w for paths in lset["wavs"].values() for w in paths if not Path(w).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: {len(missing)} wav file(s) it names are missing, e.g. "
+                                f"{missing[0]}; run notebook 07 (section 1) again")
+    return lset
 
 
 # ------------------------------------------------------------------------------------ answers
@@ -299,7 +325,8 @@ class _Test:
             f"<b>{who}</b>: all {n} trials answered, thank you"
 
     def _text(self, trial: Mapping[str, Any]) -> str:
-        return f"<p>{html.escape(self.sentences[trial['sentence']])}</p>" if self.show_text else ""
+        text = html.escape(self.sentences[trial["sentence"]])
+        return f"<p style='font-size:1.5em'>{text}</p>" if self.show_text else ""
 
     def _record(self, row: dict[str, Any]) -> None:
         self.log.append({"listener": self.listener, "trial": self.current["trial"],
@@ -311,11 +338,11 @@ class _Test:
     def _show(self) -> None:
         import ipywidgets as widgets
 
-        self.progress.value = self._header()
         if self.current is None:
             self.body.children = [widgets.HTML(self.end_text())]
         else:
             self.body.children = self.trial_widgets(self.current)
+        self.progress.value = self._header()  # last: a page that shows "trial k" shows its body
 
     def end_text(self) -> str:  # labels appear here only, after the last answer
         return "<p>Done. The systems behind each trial are in the answer file.</p>"
@@ -412,6 +439,62 @@ class MOSTest(_Test):
         self._record({"system": self.current["system"], "score": score})
 
 
+class ListeningPage:
+    """A page for one listener of a prepared listening set: a name field, then the A/B or the
+    MOS test (what ``pages/listen.ipynb`` shows under Voila).
+
+    ``start(listener, test)`` is what the buttons call. Answers go to ``answers_ab.csv`` /
+    ``answers_mos.csv`` in ``answers_dir``, the same files notebook 07 summarises.
+    """
+
+    def __init__(self, lset: Mapping[str, Any], answers_dir: str | os.PathLike):
+        import ipywidgets as widgets
+
+        from .speech import load_wav
+
+        self.lset, self.answers_dir = lset, Path(answers_dir)
+        self.audio = lambda condition, i: load_wav(self.lset["wavs"][condition][i])
+        self.name = widgets.Text(placeholder="your name or code", description="Listener")
+        self.message = widgets.HTML()
+        buttons = []
+        for label, test in (("start the A/B test", "ab"), ("start the MOS test", "mos")):
+            button = widgets.Button(description=label)
+            button.on_click(lambda _b, t=test: self._start_from_form(t))
+            buttons.append(button)
+        self.form = widgets.VBox([widgets.HTML(
+            f"<h3>Listening test</h3><p>{len(lset['sentences'])} sentences. Use headphones; "
+            "answer with your first impression. You can stop any time and come back with the "
+            "same name.</p>"), self.name, widgets.HBox(buttons), self.message])
+        self.widget = widgets.VBox([self.form])
+        self.test: _Test | None = None
+
+    def _start_from_form(self, test: str) -> None:
+        try:
+            self.start(self.name.value, test)
+        except ValueError as err:
+            self.message.value = f"<p style='color:#b00'>{html.escape(str(err))}</p>"
+
+    def start(self, listener: str, test: str = "ab") -> _Test:
+        """Show ``listener``'s A/B (``"ab"``) or MOS (``"mos"``) test, resuming their answers."""
+        if test not in ("ab", "mos"):
+            raise ValueError(f"test {test!r}: choose 'ab' or 'mos'")
+        listener = listener.strip()
+        if not listener:
+            raise ValueError("listener: type your name or code first (it keys your answers)")
+        lset, seed = self.lset, self.lset.get("seed", 0)
+        if test == "ab":
+            trials = ab_trials(lset["systems"], lset["sentences"], seed, listener)
+            self.test = ABTest(trials, self.audio, lset["sentences"],
+                               self.answers_dir / "answers_ab.csv", listener, rate=lset["rate"])
+        else:
+            systems = [*lset["systems"], REFERENCE, ANCHOR]
+            trials = mos_trials(systems, lset["sentences"], seed, listener)
+            self.test = MOSTest(trials, self.audio, lset["sentences"],
+                                self.answers_dir / "answers_mos.csv", listener, rate=lset["rate"])
+        self.widget.children = [self.test.widget]
+        return self.test
+
+
 def simulate(test: _Test, choose: Callable[[Mapping[str, Any]], Any]) -> int:
     """Answer every trial left in ``test`` with ``choose(trial)`` (a simulated listener, for
     smoke runs and tests): what a person clicking the buttons would record. Returns the count."""
@@ -430,84 +513,3 @@ def read_sentences(path: str | os.PathLike) -> list[str]:
 
 HAND_WRITTEN = Path(__file__).resolve().parents[1] / "data_samples"
 """Where ``<lang>_listen.txt`` files of hand-written sentences live (numbers, punctuation)."""
-
-
-# --------------------------------------------------------------------------------- statistics
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (95% by default); (0, 1) when n is 0."""
-    if n == 0:
-        return 0.0, 1.0
-    phat = k / n
-    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test p-value (ties left out, as the test does); 1.0 with no data."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
-def bootstrap_mean(values: Sequence[float], seed: int = 0, n_boot: int = 2000,
-                   level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and percentile bootstrap interval: ``(mean, low, high)``; NaNs with no values."""
-    import numpy as np
-
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(x.mean()), float(lo), float(hi)
-
-
-def ab_summary(rows: Iterable[Mapping[str, str]]) -> list[dict[str, Any]]:
-    """Per pair of systems, pooled (``listener`` "all") and per listener: wins of each, ties,
-    the first system's share of the decided trials with its Wilson interval, and the sign
-    test's p-value."""
-    rows = list(rows)
-    out = []
-    for who in ["all", *sorted({r["listener"] for r in rows})]:
-        mine = [r for r in rows if who == "all" or r["listener"] == who]
-        pairs = sorted({tuple(sorted((r["system_a"], r["system_b"]))) for r in mine})
-        for a, b in pairs:
-            pr = [r for r in mine if {r["system_a"], r["system_b"]} == {a, b}]
-            wa = sum(r["preferred"] == a for r in pr)
-            wb = sum(r["preferred"] == b for r in pr)
-            lo, hi = wilson(wa, wa + wb)
-            out.append({"listener": who, "system_1": a, "system_2": b, "trials": len(pr),
-                        "wins_1": wa, "wins_2": wb, "ties": len(pr) - wa - wb,
-                        "share_1": wa / (wa + wb) if wa + wb else math.nan,
-                        "share_1_low": lo, "share_1_high": hi, "sign_test_p": sign_test(wa, wb)})
-    return out
-
-
-def mos_summary(rows: Iterable[Mapping[str, str]], seed: int = 0) -> dict[str, Any]:
-    """MOS per system with bootstrap intervals, pooled and per listener, and the listeners
-    whose mean score of :data:`REFERENCE` is below their mean of :data:`ANCHOR` (``flagged``).
-
-    Returns:
-        ``table``: rows ``listener``, ``system``, ``n``, ``mos``, ``low``, ``high``;
-        ``flagged``: listener names.
-    """
-    rows = list(rows)
-    table, flagged = [], []
-    for who in ["all", *sorted({r["listener"] for r in rows})]:
-        mine = [r for r in rows if who == "all" or r["listener"] == who]
-        means = {}
-        for system in sorted({r["system"] for r in mine}):
-            scores = [float(r["score"]) for r in mine if r["system"] == system]
-            mos, lo, hi = bootstrap_mean(scores, seed)
-            means[system] = mos
-            table.append({"listener": who, "system": system, "n": len(scores), "mos": mos,
-                          "low": lo, "high": hi})
-        if who != "all" and REFERENCE in means and ANCHOR in means and \
-                means[REFERENCE] < means[ANCHOR]:
-            flagged.append(who)
-    return {"table": table, "flagged": flagged}

@@ -31,6 +31,8 @@ CONDA_FORGE = {
     "tqdm", "tensorboard", "ipywidgets", "pyyaml", "jupyterlab", "pytest", "hypothesis",
     "nbval", "papermill", "ipykernel", "nbformat", "nbclient", "ruff", "transformers", "einops",
     "psutil",  # anaconda.org/conda-forge/psutil (7.2.2)
+    "voila",  # conda install -c conda-forge voila (Voila's README)
+    "selenium",  # anaconda.org/conda-forge/selenium (noarch 4.41.0)
 }
 # Packages of other channels that conda-forge does not have.
 NOT_CONDA_FORGE = {"cpuonly", "pytorch-cuda", "cudatoolkit"}

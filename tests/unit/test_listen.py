@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from amhelpers import listen
+from amhelpers import listen, listenstats
 
 SYSTEMS = ["fix", "original_fix", "original"]
 SENTENCES = [f"ሰላም {i}" for i in range(6)]
@@ -106,7 +106,7 @@ def test_mos_widget_records_scores_and_flags_a_listener_who_inverts_the_anchors(
         while test.current is not None:
             s = test.current["system"]
             test.answer(ref_score if s == listen.REFERENCE else anchor_score if s == listen.ANCHOR else 3)
-    summary = listen.mos_summary(listen.AnswerLog(csv_path, listen.MOS_COLUMNS).rows())
+    summary = listenstats.mos_summary(listen.AnswerLog(csv_path, listen.MOS_COLUMNS).rows())
     assert summary["flagged"] == ["careless"]
     pooled = {r["system"]: r for r in summary["table"] if r["listener"] == "all"}
     assert pooled["fix"]["mos"] == 3 and pooled["fix"]["n"] == 6
@@ -167,18 +167,18 @@ def test_sigkill_while_answering_never_corrupts_the_file(tmp_path):
 
 
 def test_wilson_interval_matches_known_values():
-    lo, hi = listen.wilson(8, 10)
+    lo, hi = listenstats.wilson(8, 10)
     assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)  # Wilson 95%, 8 of 10
-    assert listen.wilson(0, 0) == (0.0, 1.0)
-    lo, hi = listen.wilson(10, 10)
+    assert listenstats.wilson(0, 0) == (0.0, 1.0)
+    lo, hi = listenstats.wilson(10, 10)
     assert hi == pytest.approx(1.0) and round(lo, 3) == 0.722
 
 
 def test_sign_test_known_cases():
-    assert listen.sign_test(10, 0) == pytest.approx(2 / 1024)  # always the same system
-    assert listen.sign_test(5, 5) == 1.0
-    assert listen.sign_test(0, 0) == 1.0
-    assert listen.sign_test(8, 2) == pytest.approx(0.109375)
+    assert listenstats.sign_test(10, 0) == pytest.approx(2 / 1024)  # always the same system
+    assert listenstats.sign_test(5, 5) == 1.0
+    assert listenstats.sign_test(0, 0) == 1.0
+    assert listenstats.sign_test(8, 2) == pytest.approx(0.109375)
 
 
 def test_ab_summary_a_listener_who_always_picks_one_system_and_ties(tmp_path):
@@ -187,7 +187,7 @@ def test_ab_summary_a_listener_who_always_picks_one_system_and_ties(tmp_path):
         a, b = ("fix", "original") if i % 2 else ("original", "fix")
         rows.append({"listener": "always", "system_a": a, "system_b": b, "preferred": "fix"})
         rows.append({"listener": "undecided", "system_a": a, "system_b": b, "preferred": ""})
-    table = {(r["listener"]): r for r in listen.ab_summary(rows)}
+    table = {(r["listener"]): r for r in listenstats.ab_summary(rows)}
     always = table["always"]
     assert (always["system_1"], always["wins_1"], always["wins_2"], always["ties"]) == \
         ("fix", 10, 0, 0)
@@ -200,9 +200,9 @@ def test_ab_summary_a_listener_who_always_picks_one_system_and_ties(tmp_path):
 
 def test_bootstrap_interval_contains_the_mean_and_shrinks_with_data():
     rng = np.random.default_rng(0)
-    small = listen.bootstrap_mean(rng.integers(1, 6, 10))
-    large = listen.bootstrap_mean(rng.integers(1, 6, 1000))
+    small = listenstats.bootstrap_mean(rng.integers(1, 6, 10))
+    large = listenstats.bootstrap_mean(rng.integers(1, 6, 1000))
     for mos, lo, hi in (small, large):
         assert lo <= mos <= hi
     assert (large[2] - large[1]) < (small[2] - small[1]) / 3
-    assert listen.bootstrap_mean([4, 4, 4]) == (4.0, 4.0, 4.0)
+    assert listenstats.bootstrap_mean([4, 4, 4]) == (4.0, 4.0, 4.0)
