@@ -208,7 +208,7 @@ _PRETRAIN_FIELDS = ("base_lang", "codebook_k", "pretrain_steps", "pretrain_batch
 
 
 def generation_metrics(checkpoint: Path, p: Profile, lang: str, tokenizer: Path | None = None,
-             n: int | None = None, progress: bool = False) -> dict[str, Any]:
+             n: int | None = None, progress: bool = False, per: bool = False) -> dict[str, Any]:
     """Greedy generation on held-out phrases: length ratio and correlation, MCD and baselines.
 
     MCD compares centroid mels (codebook decode) with the reference log-mel after DTW, for the
@@ -218,11 +218,15 @@ def generation_metrics(checkpoint: Path, p: Profile, lang: str, tokenizer: Path 
     ``length_corr_chars`` is the baseline for ``length_corr``: the correlation of reference
     length with the phrase's character count, which a model that only counts letters reaches.
 
+    ``per=True`` adds the phoneme error rate of the outputs and its floor and ceiling on the same
+    phrases (:func:`amhelpers.phonemes.evaluate`; trains the language's recogniser once).
+
     Returns:
         ``n``, ``length_ratio``, ``length_corr``, ``length_corr_chars``, ``mcd``,
         ``mcd_round_trip``, ``mcd_random``,
         ``mcd_mean_frame``, ``mcd_vs_random``, ``hit_cap`` (outputs that hit the length cap),
-        and per-utterance rows under ``items``.
+        and per-utterance rows under ``items``; with ``per``: ``per``, ``per_round_trip``,
+        ``per_random``.
     """
     from .codec import baselines, mcd_dtw
     from .data import check_manifest, read_manifest
@@ -252,7 +256,13 @@ def generation_metrics(checkpoint: Path, p: Profile, lang: str, tokenizer: Path 
     chars = np.array([len(r.get("norm_text") or r["text"]) for r in rows], dtype=float)
     corr, corr_chars = _corr(ref_len, gen_len), _corr(ref_len, chars)
     mcd = float(np.mean([i["mcd"] for i in items]))
-    return {"n": len(items), "length_ratio": float(gen_len.sum() / ref_len.sum()),
+    extra = {}
+    if per:
+        from .phonemes import evaluate
+
+        extra = evaluate(p, lang, [i["codes"] for i in items], texts,
+                         reference_codes=[r["codes"] for r in rows], progress=progress)
+    return {**extra, "n": len(items), "length_ratio": float(gen_len.sum() / ref_len.sum()),
             "length_corr": corr, "length_corr_chars": corr_chars, "mcd": mcd,
             "mcd_round_trip": base["round_trip"],
             "mcd_random": base["random_codes"], "mcd_mean_frame": base["mean_frame"],
@@ -487,7 +497,8 @@ def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int |
     return result
 
 
-def generation(p: Profile, result: Mapping[str, Any], lang: str | None = None) -> dict[str, Any]:
+def generation(p: Profile, result: Mapping[str, Any], lang: str | None = None,
+               per: bool = False) -> dict[str, Any]:
     """Evaluate a fine-tuned run on held-out phrases of ``lang`` (default: the target).
 
     English text keeps its ids under the extended tokenizer (chapter 1), so base-language
@@ -496,4 +507,4 @@ def generation(p: Profile, result: Mapping[str, Any], lang: str | None = None) -
     lang = lang or p.target_lang
     own = Path(result.get("tokenizer") or extended_tokenizer(p))  # the tokenizer the run trained on
     tok = own if lang == p.target_lang else base_tokenizer(p)
-    return generation_metrics(Path(result["checkpoint"]), p, lang, tokenizer=tok)
+    return generation_metrics(Path(result["checkpoint"]), p, lang, tokenizer=tok, per=per)

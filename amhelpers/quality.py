@@ -110,7 +110,7 @@ CURVE_FILE = "quality_curve.json"
 
 def quality_curve(p: Any, run_dir: str | Path, lang: str | None = None,
                   progress: bool = False) -> list[dict[str, Any]]:
-    """Generation metrics of every checkpoint a fine-tune kept, oldest first (cached).
+    """Generation metrics (with PER) of every checkpoint a fine-tune kept, oldest first (cached).
 
     ``run_dir`` is a folder of ``embedded.finetune`` (its ``result.json`` names the tokenizer).
     The grown model before training is not evaluated: its new rows are random, it cannot speak
@@ -137,7 +137,7 @@ def quality_curve(p: Any, run_dir: str | Path, lang: str | None = None,
     tok = (Path(result["tokenizer"]) if lang == p.target_lang
            else embedded.base_tokenizer(p))
     cache_file = run_dir / CURVE_FILE
-    setting = {"lang": lang, "n": p.eval_phrases, "tokenizer": str(tok)}
+    setting = {"lang": lang, "n": p.eval_phrases, "tokenizer": str(tok), "per": True}
     cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     if cache.get("setting") != setting:
         cache = {"setting": setting, "points": {}}
@@ -147,7 +147,7 @@ def quality_curve(p: Any, run_dir: str | Path, lang: str | None = None,
         from tqdm.auto import tqdm
 
         for step, path in tqdm(todo, desc=f"evaluate {run_dir.name}", disable=not progress):
-            metrics = embedded.generation_metrics(path, p, lang, tokenizer=tok)
+            metrics = embedded.generation_metrics(path, p, lang, tokenizer=tok, per=True)
             cache["points"][str(step)] = {k: v for k, v in metrics.items() if k != "items"}
         write_text_atomic(cache_file, json.dumps(cache))
     kept = {str(s) for s, _ in steps}

@@ -62,6 +62,7 @@ class Profile:
     # chapter 4: the init strategies (amhelpers.checkpoint.STRATEGIES) that get a short run
     inits_trained: tuple[str, ...] = ("indextts", "torch-default", "mean", "hewitt", "romanized")
     new_rows_only: bool = True     # chapter 4: one more full-length run, backbone frozen
+    recognizer_steps: int = 1000   # chapters 6-7: the CTC phoneme recogniser behind PER
 
 
 PROFILES: dict[str, Profile] = {
@@ -70,7 +71,7 @@ PROFILES: dict[str, Profile] = {
                      pretrain_steps=150, pretrain_batch_size=32, warmup_steps=20, val_every=50,
                      finetune_phrases=200, finetune_steps=40, finetune_val_every=20,
                      examples_shown=3, init_steps=6, new_rows_only=False,
-                     inits_trained=("indextts", "torch-default", "mean")),
+                     inits_trained=("indextts", "torch-default", "mean"), recognizer_steps=300),
     "full": Profile("full"),
 }
 """The run profiles by name, ``quick`` first (the order of error messages and ``--help``)."""
