@@ -57,10 +57,14 @@ def phonemize(texts: Sequence[str], lang: str, jobs: int = 2, progress: bool = F
 
         def one(text: str) -> list[str]:
             run = subprocess.run([exe, "-q", "-v", voice, "-x", "--sep= ", text],
-                                 capture_output=True, text=True, timeout=60)
+                                 capture_output=True, timeout=60)
+            # -x writes espeak-ng's ASCII phoneme names, but a character it cannot name comes
+            # out as a raw byte: decode leniently rather than fail on one phrase
+            out = run.stdout.decode("utf-8", "replace")
             if run.returncode != 0:
-                raise RuntimeError(f"espeak-ng -x failed on {text!r}: {run.stderr.strip()}")
-            return [tok for tok in run.stdout.translate(_STRESS).split() if tok]
+                raise RuntimeError(f"espeak-ng -x failed on {text!r}: "
+                                   f"{run.stderr.decode('utf-8', 'replace').strip()}")
+            return [tok for tok in out.translate(_STRESS).split() if tok]
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             for text, phones in zip(todo, tqdm(pool.map(one, todo), total=len(todo),
