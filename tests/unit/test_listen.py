@@ -206,3 +206,47 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_data():
         assert lo <= mos <= hi
     assert (large[2] - large[1]) < (small[2] - small[1]) / 3
     assert listenstats.bootstrap_mean([4, 4, 4]) == (4.0, 4.0, 4.0)
+
+
+def _tone_set(folder):
+    import soundfile as sf
+
+    conditions = [*SYSTEMS, listen.REFERENCE, "round_trip", listen.ANCHOR]
+    wavs = {}
+    for name in conditions:
+        wavs[name] = []
+        for i in range(2):
+            path = folder / name / f"{i:03d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, np.zeros(1600, np.float32), 16000, subtype="PCM_16")
+            wavs[name].append(str(path))
+    lset = {"sentences": SENTENCES[:2], "systems": SYSTEMS, "conditions": conditions, "seed": 3,
+            "wavs": wavs, "n_codes": {c: [10, 10] for c in conditions}, "rate": 16000}
+    (folder / listen.SET_FILE).write_text(json.dumps(lset, ensure_ascii=False))
+    return folder
+
+
+def test_listening_page_starts_either_test_for_a_named_listener(tmp_path):
+    lset = listen.load_set(_tone_set(tmp_path / "set"))
+    page = listen.ListeningPage(lset, tmp_path / "answers")
+    page._start_from_form("ab")  # no name typed: the form says so, nothing starts
+    assert page.test is None and "name" in page.message.value
+    mos = page.start("  ann ", "mos")
+    assert isinstance(mos, listen.MOSTest) and mos.listener == "ann"
+    assert {t["system"] for t in mos.trials} == {*SYSTEMS, listen.REFERENCE, listen.ANCHOR}
+    assert page.widget.children == (mos.widget,)
+    mos.answer(4)
+    assert listen.AnswerLog(tmp_path / "answers" / "answers_mos.csv", listen.MOS_COLUMNS).rows()[0]["score"] == "4"
+    ab = listen.ListeningPage(lset, tmp_path / "answers").start("ann", "ab")
+    assert ab.trials == listen.ab_trials(SYSTEMS, SENTENCES[:2], 3, "ann")  # the set's seed
+    with pytest.raises(ValueError, match="'ab' or 'mos'"):
+        page.start("ann", "mushra")
+
+
+def test_a_listening_set_with_a_missing_wav_is_refused_by_name(tmp_path):
+    folder = _tone_set(tmp_path / "set")
+    (folder / "fix" / "001.wav").unlink()
+    with pytest.raises(FileNotFoundError, match="001.wav"):
+        listen.load_set(folder)
+    with pytest.raises(FileNotFoundError, match="no listening set"):
+        listen.load_set(tmp_path / "nothing")
