@@ -254,16 +254,24 @@ def metric(entry: dict[str, Any], path: str) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
+def setting_of(parameters: dict[str, Any]) -> str:
+    """A point's setting apart from its seed, as a key: ``SEED``, ``PROFILE`` and ``TARGET_LANG``
+    left out, and parameters given as None too (None is notebook 05's default, the same as
+    leaving the parameter out, e.g. ``TRAIN_PHRASES: null`` from a grid's product)."""
+    kept = {k: v for k, v in parameters.items()
+            if k not in ("SEED", "PROFILE", "TARGET_LANG") and v is not None}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
 def seed_spread(report: dict[str, Any], paths: list[str]) -> tuple[list[str], list[list[Any]]]:
-    """Points that differ only in ``SEED``, as one row each: the settings, the number of seeds,
-    and per result its mean and its range over seeds (``"4.12 (4.10-4.15)"``)."""
+    """Points of the same setting (:func:`setting_of`) but their seed, as one row each: the
+    settings, the number of seeds, and per result its mean and its range over seeds
+    (``"4.12 (4.10-4.15)"``)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for e in report["points"]:
         if e["status"] == "failed":
             continue
-        settings = {k: v for k, v in e["parameters"].items() if k not in ("SEED", "PROFILE",
-                                                                             "TARGET_LANG")}
-        groups.setdefault(json.dumps(settings, sort_keys=True, default=str), []).append(e)
+        groups.setdefault(setting_of(e["parameters"]), []).append(e)
     rows = []
     for key, entries in groups.items():
         settings = ", ".join(f"{k}={v}" for k, v in json.loads(key).items())

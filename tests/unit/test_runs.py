@@ -98,3 +98,18 @@ def test_an_out_folder_of_another_grid_is_refused_before_anything_runs(tmp_path)
                                          r"\(parameters .*'PROFILE': 'quick'.*now .*'full'"):
         runs.run_grid(other, out, FAKE, progress=False)
     assert (out / "points" / "recipe-a" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_seed_spread_groups_a_setting_given_as_none_with_one_left_out():
+    """A grid's product writes TRAIN_PHRASES: null; an extra point leaves it out. Same setting."""
+    def point(seed, value, **given):
+        return {"status": "done", "parameters": {"RECIPE": "fix", "SEED": seed, "PROFILE": "full", **given},
+                "summary": {"val": {"mel_loss": value}}}
+
+    report = {"points": [point(0, 2.0, TRAIN_PHRASES=None), point(1, 2.2),
+                         point(0, 1.5, TRAIN_PHRASES=0)]}
+    columns, rows = runs.seed_spread(report, ["val.mel_loss"])
+    assert columns == ["settings", "seeds", "val.mel_loss"]
+    assert rows == [["RECIPE=fix", 2, "2.1 (2-2.2)"], ["RECIPE=fix, TRAIN_PHRASES=0", 1, "1.5"]]
+    assert runs.setting_of({"RECIPE": "fix", "TRAIN_PHRASES": None, "SEED": 3}) == \
+        runs.setting_of({"RECIPE": "fix"})
