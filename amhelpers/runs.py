@@ -50,8 +50,8 @@ SECTIONS = ("parameters", "grid", "points")
 # Each point's OUT_DIR is set by the runner; the grid file does not choose it.
 RESERVED = ("OUT_DIR",)
 RESULT_KEYS = ("steps", "wall_s", "learning_rate", "new_row_lr")
-GENERATION_KEYS = ("length_ratio", "length_corr", "length_corr_chars", "mcd_vs_random", "hit_cap")
-ENGLISH_KEYS = ("val_mel_loss", "length_corr", "mcd_vs_random")  # English retention
+GENERATION_KEYS = ("length_ratio", "length_corr", "length_corr_chars", "mcd_vs_random", "per", "hit_cap")
+ENGLISH_KEYS = ("val_mel_loss", "length_corr", "mcd_vs_random", "per")  # English retention
 
 
 def notebook_parameters(notebook: Path) -> dict[str, Any]:
