@@ -1,5 +1,9 @@
 """The embedded default: a miniature IndexTTS-like model pretrained on English espeak-ng speech.
 
+Why this module is long: it is the one place that knows the embedded default's files and their
+cache keys (data, codec, base model, fine-tunes, recognisers, generation metrics); split, the
+layout below would be spread over several modules that each had to know it.
+
 Every chapter that needs the base model, the codec or the manifests calls the functions here;
 each builds what is missing in the work folder and reuses what is there, so any notebook can
 run on its own. Layout under ``$AMHELPERS_HOME/embedded/<profile>/`` (a variant with another
@@ -8,6 +12,9 @@ target language or seed: ``<profile>-<base>-<target>``, ``<profile>-seed<n>``, s
     codec.npz                     frame-stacked k-means codebook (base + target train split)
     manifests/<tok>/<lang>_<split>.jsonl  (+ .meta.json with the input hash)
     runs/base/                    the English pretraining run (checkpoints, metrics, tb/)
+    runs/<recipe>-<key>/          fine-tunes, keyed by their settings
+    recognizers/<lang>-<key>.npz  the phoneme recognisers behind PER
+
 """
 
 from __future__ import annotations
@@ -260,14 +267,25 @@ def generation_metrics(checkpoint: Path, p: Profile, lang: str, tokenizer: Path 
     if per:
         from .phonemes import evaluate
 
-        extra = evaluate(p, lang, [i["codes"] for i in items], texts,
-                         reference_codes=[r["codes"] for r in rows], progress=progress)
+        extra = evaluate(recognizer(p, lang, progress), book, lang, [i["codes"] for i in items],
+                         texts, reference_codes=[r["codes"] for r in rows], seed=p.seed)
     return {**extra, "n": len(items), "length_ratio": float(gen_len.sum() / ref_len.sum()),
             "length_corr": corr, "length_corr_chars": corr_chars, "mcd": mcd,
             "mcd_round_trip": base["round_trip"],
             "mcd_random": base["random_codes"], "mcd_mean_frame": base["mean_frame"],
             "mcd_vs_random": mcd / base["random_codes"],
             "hit_cap": int(sum(i["n_gen"] >= cap for i in items)), "items": items}
+
+
+def recognizer(p: Profile, lang: str, progress: bool = False) -> dict[str, Any]:
+    """The profile's phoneme recogniser for ``lang`` (:func:`amhelpers.phonemes.load_or_train`),
+    trained once on the language's training split through the profile's codec."""
+    from .phonemes import load_or_train
+
+    tok = base_tokenizer(p) if lang == p.base_lang else extended_tokenizer(p)
+    limit = p.base_train_phrases if lang == p.base_lang else p.target_train_phrases
+    return load_or_train(codec(p, progress), manifest(p, lang, "train", tok, progress, limit),
+                             lang, p.recognizer_steps, p.seed, folder(p) / "recognizers", progress)
 
 
 def samples(p: Profile, generations: Mapping[str, Mapping[str, Any]], n: int = 3,

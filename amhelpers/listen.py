@@ -1,5 +1,9 @@
 """Listening tests: blind A/B preference and MOS, answers in a CSV that survives a kill.
 
+Why this module is long: the listening set, the trials, the answer log and the widgets and page
+built on them share one file layout and one CSV schema; the statistics are apart
+(:mod:`amhelpers.listenstats`).
+
 The pieces, each usable alone:
 
 - trials: :func:`ab_trials` pairs every two systems on every sentence, the order inside each

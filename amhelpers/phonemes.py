@@ -12,7 +12,7 @@ phonemes of the sentence, over the phonemes of the sentence (``jiwer.wer`` on ph
 sequences). It is validated by its floor and ceiling on the same sentences: the round trip of
 the reference (low: what a perfect system would score) and random codes (near 100%).
 
-    phonemes.evaluate(p, lang, [codes, ...], texts)["per"]    # embedded default, cached model
+    embedded.generation_metrics(checkpoint, p, lang, per=True)["per"]   # the embedded default
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 BLANK = "<blank>"
-RECOGNIZER_FORMAT = 1
+RECOGNIZER_FORMAT = 2
 _STRESS = str.maketrans("", "", "',")
 
 
@@ -212,58 +212,57 @@ def recognize(recognizer: dict[str, Any], book: Any,
     return out
 
 
-# ------------------------------------------------------------------------ embedded default
-def recognizer(p: Any, lang: str, progress: bool = False) -> dict[str, Any]:
-    """The embedded default's recogniser for ``lang`` (trained once, then read from the cache).
+# ------------------------------------------------------------------------ cached recogniser
+def load_or_train(book: Any, manifest: str | Path, lang: str, steps: int, seed: int, folder: Path,
+                  progress: bool = False) -> dict[str, Any]:
+    """A recogniser for ``lang`` trained on every row of ``manifest`` (its texts' phonemes, its
+    codes' centroids), cached in ``folder`` by the manifest, codec, steps and seed.
 
-    Trained on every phrase of the language's training split (the profile's limit), on the
-    round trip of espeak-ng's speech through the profile's codec; ``p.recognizer_steps`` steps.
+    Stored as ``<lang>-<key>.npz`` (weights as arrays, vocabulary and statistics as JSON), so
+    reading it back runs no pickle.
     """
     import torch
 
-    from . import embedded
     from .data import read_manifest
     from .io import atomic_write, sha256_file
 
-    book = embedded.codec(p, progress)
-    tok = embedded.base_tokenizer(p) if lang == p.base_lang else embedded.extended_tokenizer(p)
-    limit = p.base_train_phrases if lang == p.base_lang else p.target_train_phrases
-    manifest = embedded.manifest(p, lang, "train", tok, progress, limit)
     key = hashlib.sha256(json.dumps([RECOGNIZER_FORMAT, sha256_file(manifest), book.config_hash(),
-                                     p.recognizer_steps, p.seed]).encode()).hexdigest()[:12]
-    path = embedded.folder(p) / "recognizers" / f"{lang}-{key}.pt"
+                                     steps, seed]).encode()).hexdigest()[:12]
+    path = Path(folder) / f"{lang}-{key}.npz"
     if path.is_file():
-        return torch.load(path, weights_only=False)
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            return {"state": {k[2:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("w/")},
+                    "stats": {"mean": z["stats_mean"], "std": z["stats_std"]}, **meta}
     rows = read_manifest(manifest)
     labels = phonemize([r["text"] for r in rows], lang, progress=progress)
-    result = train_recognizer(book, [r["codes"] for r in rows], labels, p.recognizer_steps,
-                              seed=p.seed, progress=progress)
+    result = train_recognizer(book, [r["codes"] for r in rows], labels, steps, seed=seed,
+                              progress=progress)
+    meta = {k: result[k] for k in ("vocab", "n_in", "losses")}
+    arrays = {f"w/{k}": v.detach().numpy() for k, v in result["state"].items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as fh:
-        torch.save(result, fh)
+        np.savez(fh, meta=np.array(json.dumps(meta)), stats_mean=result["stats"]["mean"],
+                 stats_std=result["stats"]["std"], **arrays)
     return result
 
 
-def evaluate(p: Any, lang: str, codes: Sequence[Sequence[int]], texts: Sequence[str],
-             reference_codes: Sequence[Sequence[int]] | None = None,
-             progress: bool = False) -> dict[str, float]:
-    """PER of generated ``codes`` against the phonemes of ``texts`` (the embedded default).
+def evaluate(rec: dict[str, Any], book: Any, lang: str, codes: Sequence[Sequence[int]],
+             texts: Sequence[str], reference_codes: Sequence[Sequence[int]] | None = None,
+             seed: int = 0) -> dict[str, float]:
+    """PER of generated ``codes`` against the phonemes of ``texts``.
 
     With ``reference_codes`` (espeak-ng's speech through the codec, one list per text), also
     the floor and ceiling on the same texts: ``per_round_trip`` (the reference's own codes)
-    and ``per_random`` (random codes of the reference's length, seeded by the profile).
+    and ``per_random`` (random codes of the reference's length, drawn with ``seed``).
 
     Returns:
         ``per``, and ``per_round_trip`` and ``per_random`` when ``reference_codes`` is given.
     """
-    from . import embedded
-
-    rec = recognizer(p, lang, progress)
-    book = embedded.codec(p, False)
     truth = phonemize(texts, lang)
     out = {"per": phoneme_error_rate(truth, recognize(rec, book, codes))}
     if reference_codes is not None:
-        rng = np.random.default_rng(p.seed)
+        rng = np.random.default_rng(seed)
         random_codes = [rng.integers(0, book.k, max(1, len(c))).tolist() for c in reference_codes]
         out["per_round_trip"] = phoneme_error_rate(truth, recognize(rec, book, reference_codes))
         out["per_random"] = phoneme_error_rate(truth, recognize(rec, book, random_codes))
