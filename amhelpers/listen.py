@@ -123,12 +123,11 @@ def listening_set(p: Any, systems: Mapping[str, str | os.PathLike], sentences: S
     import json
 
     import numpy as np
-    import soundfile as sf
     import torch
 
     from . import embedded
     from .data import build_manifest, read_manifest
-    from .io import sha256_file, write_text_atomic
+    from .io import sha256_file, write_bytes_atomic, write_text_atomic
     from .model import load_checkpoint
     from .speech import SAMPLE_RATE, load_wav
 
@@ -177,10 +176,7 @@ def listening_set(p: Any, systems: Mapping[str, str | os.PathLike], sentences: S
             else:
                 arr = np.asarray(c, dtype=np.int64)
                 wav = book.decode(arr) if len(arr) else np.zeros(160, np.float32)
-            tmp = path.with_name(path.name + ".tmp")
-            sf.write(tmp, np.asarray(wav, dtype=np.float32), SAMPLE_RATE, format="WAV",
-                     subtype="PCM_16")
-            os.replace(tmp, path)
+            write_bytes_atomic(path, wav_bytes(wav, SAMPLE_RATE))
         write_text_atomic(record, json.dumps({"settings": settings,
                                               "n_codes": [len(c) for c in codes]}))
         wavs[name], n_codes[name] = paths, [len(c) for c in codes]

@@ -119,10 +119,6 @@ def _features(book: Any, codes: Sequence[int], stats: dict[str, np.ndarray]) -> 
     return ((book.centroids[c] - stats["mean"]) / stats["std"]).astype(np.float32)
 
 
-def _out_lengths(lengths):
-    return lengths  # one output per code
-
-
 def train_recognizer(book: Any, codes: Sequence[Sequence[int]], labels: Sequence[Sequence[str]],
                      steps: int, batch_size: int = 16, seed: int = 0, lr: float = 2e-3,
                      progress: bool = False) -> dict[str, Any]:
@@ -156,7 +152,7 @@ def _train(book: Any, codes: Sequence[Sequence[int]], labels: Sequence[Sequence[
     feats = [_features(book, c, stats) for c in codes]
     targets = [[index[ph] for ph in lab] for lab in labels]
     keep = [i for i in range(len(feats))
-            if targets[i] and _out_lengths(len(feats[i])) >= 2 * len(targets[i]) + 1]
+            if targets[i] and len(feats[i]) >= 2 * len(targets[i]) + 1]  # one output per code
     if not keep:
         raise ValueError("no utterance is long enough for its phonemes: check the codes")
     model = _model(feats[0].shape[1], len(vocab))
@@ -176,7 +172,7 @@ def _train(book: Any, codes: Sequence[Sequence[int]], labels: Sequence[Sequence[
         y = torch.tensor([t for i in batch for t in targets[i]])
         y_lens = torch.tensor([len(targets[i]) for i in batch])
         logp = model(x).log_softmax(-1).transpose(0, 1)  # [T', B, V]
-        loss = ctc(logp, y, _out_lengths(lens), y_lens)
+        loss = ctc(logp, y, lens, y_lens)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
