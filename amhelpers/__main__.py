@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "diagnose": ("amhelpers.diagnose", "per-row statistics, drift, plateau and ranked causes for a checkpoint"),
     "course": ("amhelpers.course", "run the course notebooks in order with papermill"),
     "runs": ("amhelpers.runs", "run notebook 05 once per point of a grid with papermill"),
+    "doctor": ("amhelpers.doctor", "pre-flight check of a real training setup, ranked findings"),
 }
 
 

@@ -1,4 +1,5 @@
-"""The real IndexTTS2 GPT class (``UnifiedVoice``), loaded without its inference stack.
+"""The real IndexTTS2 code, loaded without its inference stack: the GPT class
+(``UnifiedVoice``) and the text front end (``TextTokenizer``).
 
 ``indextts/__init__.py`` of the PyPI package ``indextts2-inference`` imports torchaudio and the
 whole inference pipeline; ``indextts.gpt.model_v2`` itself needs only torch, ``transformers`` and
@@ -9,15 +10,23 @@ vendored here.
 
     UnifiedVoice = load_unifiedvoice_class()
     model = tiny_unifiedvoice(number_text_tokens=100)   # ~10M parameters, 101 text rows
+
+The front end matters before any training: :func:`upstream_route` says where IndexTTS2's
+``TextNormalizer`` sends a line (the Chinese normaliser for any line without a Latin letter),
+and :func:`front_end_parity` encodes lines with the real ``TextTokenizer`` and with the
+course's ``normalize`` + SentencePiece, and lists every line whose ids differ.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 import types
 import warnings
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 INSTALL_HINT = "python -m amhelpers.setup --extras dev,indextts"
@@ -26,21 +35,21 @@ _PACKAGE = "indextts"
 
 def _missing(reason: str) -> ImportError:
     return ImportError(
-        f"the real IndexTTS2 GPT class needs the optional packages indextts2-inference, "
-        f"transformers and einops ({reason}); install them with `{INSTALL_HINT}` (or "
+        "the real IndexTTS2 code (UnifiedVoice, the text front end) needs the optional packages "
+        f"indextts2-inference, transformers and einops ({reason}); install them with `{INSTALL_HINT}` (or "
         "`pip install --no-deps indextts2-inference transformers einops`)")
 
 
-def load_unifiedvoice_class() -> type:
-    """Return ``indextts.gpt.model_v2.UnifiedVoice`` without running ``indextts/__init__.py``.
+def _import_bare(module_name: str) -> types.ModuleType:
+    """Import ``indextts.<module_name>`` under a bare ``indextts`` package (its ``__init__``
+    never runs); on failure leave no half-imported package behind.
 
     Raises:
-        ImportError: the package (or transformers/einops) is not installed; the message names
-            ``python -m amhelpers.setup --extras dev,indextts``.
+        ImportError: the package or a dependency is missing (the message names the install).
     """
-    module = sys.modules.get(f"{_PACKAGE}.gpt.model_v2")
-    if module is not None:
-        return module.UnifiedVoice
+    full = f"{_PACKAGE}.{module_name}"
+    if full in sys.modules:
+        return sys.modules[full]
     added = False
     if _PACKAGE not in sys.modules:
         try:
@@ -57,16 +66,76 @@ def load_unifiedvoice_class() -> type:
         added = True
     before = set(sys.modules)
     try:
-        module = importlib.import_module(f"{_PACKAGE}.gpt.model_v2")
+        return importlib.import_module(full)
     except ImportError as err:
-        # leave no half-imported bare package behind
         for name in set(sys.modules) - before:
             if name == _PACKAGE or name.startswith(_PACKAGE + "."):
                 del sys.modules[name]
         if added:
             sys.modules.pop(_PACKAGE, None)
         raise _missing(f"{type(err).__name__}: {err}") from err
-    return module.UnifiedVoice
+
+
+def load_unifiedvoice_class() -> type:
+    """Return ``indextts.gpt.model_v2.UnifiedVoice`` without running ``indextts/__init__.py``.
+
+    Raises:
+        ImportError: the package (or transformers/einops) is not installed; the message names
+            ``python -m amhelpers.setup --extras dev,indextts``.
+    """
+    return _import_bare("gpt.model_v2").UnifiedVoice
+
+
+def load_front_end() -> type:
+    """Return IndexTTS2's text front end, ``indextts.utils.front.TextTokenizer``.
+
+    Built with a ``.model`` path and no normaliser (its ``TextNormalizer`` needs NeMo text
+    processing), it applies the upstream pre-tokenizer (``tokenize_by_CJK_char``) before
+    SentencePiece, as IndexTTS2 does at training and inference.
+
+    Raises:
+        ImportError: the ``indextts`` extra is not installed.
+    """
+    return _import_bare("utils.front").TextTokenizer
+
+
+LATIN = re.compile(r"[a-zA-Z]")
+CJK = re.compile(r"[\u4e00-\u9fff]")
+EMAIL = re.compile(r"^[a-zA-Z0-9]+@[a-zA-Z0-9]+\.[a-zA-Z]+$")
+
+
+def upstream_route(text: str) -> str:
+    """``"zh"`` or ``"en"``: where IndexTTS2's ``TextNormalizer.use_chinese`` sends ``text``
+    (CJK, no Latin letter, or an e-mail go to the Chinese normaliser; pinyin is not checked)."""
+    return "zh" if CJK.search(text) or not LATIN.search(text) or EMAIL.match(text) else "en"
+
+
+def front_end_parity(tokenizer: Path, texts: Sequence[str], lang: str) -> dict[str, Any] | None:
+    """The real ``indextts.utils.front.TextTokenizer`` against amhelpers' encoding, per line.
+
+    Returns None when the ``indextts`` extra is not installed; else ``{"lines", "differ",
+    "examples": [{"text", "upstream", "ours"}]}``. Ours is ``normalize(text, lang)`` encoded by
+    the same model; theirs is the upstream tokenizer without its normaliser (which needs
+    NeMo's text processing).
+    """
+    import sentencepiece as spm
+
+    from .text import normalize
+
+    try:
+        TextTokenizer = load_front_end()
+    except ImportError:
+        return None
+    theirs = TextTokenizer(str(tokenizer))
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    differ, examples = 0, []
+    for text in texts:
+        up, ours = list(theirs.encode(text)), sp.encode(normalize(text, lang))
+        if up != ours:
+            differ += 1
+            if len(examples) < 5:
+                examples.append({"text": text, "upstream": up, "ours": ours})
+    return {"lines": len(texts), "differ": differ, "examples": examples}
 
 
 def tiny_config(number_text_tokens: int = 100, model_dim: int = 64, layers: int = 2,
