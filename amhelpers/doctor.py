@@ -391,9 +391,10 @@ def check_rates(setup: Setup) -> list[Finding]:
                            f"--warmup-steps {warmup} is {warmup / steps:.0%} of the {steps} planned "
                            "steps", "warm up for a few percent of the run"))
     warm = m["warmup_8pct"]["val_mel_loss"] - m["original"]["val_mel_loss"]
-    if "warmup_steps" in setup.given and warmup != TRAINER_DEFAULTS["warmup_steps"]:
+    if "warmup_steps" in setup.given and warmup > TRAINER_DEFAULTS["warmup_steps"]:
         out.append(Finding("schedule.warmup_changed", "info",
-                           f"--warmup-steps {warmup}: chapter 6 changed the team's warmup alone and "
+                           f"--warmup-steps {warmup}, longer than the trainer's: chapter 6 changed "
+                           "the team's warmup alone and "
                            f"val mel moved by {warm:+.3f}, within the seed noise {m['noise_floor']}"))
     tw, mw = f["text_loss_weight"], f["mel_loss_weight"]
     if tw > TRAINER_DEFAULTS["text_loss_weight"]:
@@ -605,6 +606,33 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
                  checkpoint=pick(args.checkpoint, flags["init_checkpoint"]), manifest=pick(args.manifest, flags["train_manifest"]),
                  lang=check_lang(args.lang), pretrain_lr=args.pretrain_lr, steps=args.steps,
                  flags=flags, given=given)
+
+
+def command_from_config(train: dict[str, Any]) -> list[str]:
+    """The trainer flags of an ``amhelpers train`` run's ``config.json`` ``"train"`` section
+    (None values left out), for :func:`check`."""
+    words = []
+    for key, value in train.items():
+        if value is not None and not isinstance(value, (dict, bool)):
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    return words
+
+
+def check(command: Sequence[str] = (), **options: Any) -> dict[str, Any]:
+    """:func:`examine` from Python: ``options`` are doctor's flags by name (``base_tokenizer``,
+    ``lang``, ``pretrain_lr``, ...), ``command`` the trainer's words."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"unknown doctor option(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(k for k in vars(args) if k != 'trainer')}")
+    for key, value in options.items():
+        setattr(args, key, Path(value) if isinstance(value, str) and key in (
+            "tokenizer", "base_tokenizer", "config", "checkpoint", "manifest") else value)
+    args.trainer = list(command)
+    return examine(setup_from_args(args))
 
 
 def print_findings(report: dict[str, Any]) -> None:

@@ -48,6 +48,9 @@ TRIM_TOP_DB = 40.0
 
 VOICES: dict[str, str] = {"eng": "en-us", "amh": "am", "orm": "om", "tir": "am"}
 """espeak-ng voice per ISO 639-3 code (``tir`` borrows ``am``: espeak-ng has no Tigrinya)."""
+STAND_INS: dict[str, str] = {"tir": "amh"}
+"""Languages spoken with another language's voice, and whose: every result that rests on their
+audio (losses, generation, PER) is a stand-in's and must say so."""
 
 INSTALL_HINT = (
     "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu, Colab) or "

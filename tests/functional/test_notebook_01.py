@@ -20,3 +20,15 @@ def test_chapter1_numbers(hornmt_dir, tmp_path):
     assert ours["base_text_identical"] and ours["fertility_extended"] < ours["fertility_base"]
     assert not naive["ok"] and naive["unk_rate"] > 0.1
     assert summary["embedded"]["ok"] and summary["embedded"]["n_base"] == 500
+    # section 6: IndexTTS2's front end routes Ethiopic lines to its Chinese normaliser, and its
+    # tokenizer (where the extra is installed) reads digits and punctuation differently
+    front = summary["front_end"]
+    assert front["chinese_route"] > 0.9 * front["lines"]
+    try:
+        from amhelpers.indextts import load_front_end
+
+        load_front_end()
+    except ImportError:
+        assert front["differ"] is None
+    else:
+        assert 0 < front["differ"] < front["lines"]

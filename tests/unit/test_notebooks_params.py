@@ -48,6 +48,8 @@ ALLOWED: dict[str, tuple[type, ...]] = {
     "MAX_STEPS": (type(None), int),
     "BATCH_SIZE": (type(None), int),
     "SAVE_EVERY": (type(None), int),
+    # chapter 8: the next languages
+    "LANGUAGES": (list,),             # HornMT codes to add after TARGET_LANG
     # chapter 7: the listening test
     "SYSTEMS": (list,),
     "N_SENTENCES": (type(None), int),
