@@ -258,7 +258,7 @@ def check_tokenizer(setup: Setup, texts: list[str]) -> list[Finding]:
         out.append(Finding("tokenizer.fertility", "info",
                            f"{fert_e:.2f} tokens per word with {setup.tokenizer.name} on "
                            f"{report['target_lines']} manifest lines (the base alone: "
-                           f"{fert_b:.2f}, its words spelt as <unk>); {report['n_added']} pieces "
+                           f"{fert_b:.2f}, each <unk> character counted); {report['n_added']} pieces "
                            f"added, {_pct(report['new_id_fraction'])} of the tokens are new ids"))
     else:
         import sentencepiece as spm
@@ -483,9 +483,16 @@ def check_resume(setup: Setup, base: dict[str, Any] | None, base_size: int | Non
 
 
 def check_front_end(setup: Setup, texts: list[str]) -> list[Finding]:
-    """The upstream normaliser's route for the target script, and the real front end's ids."""
+    """The upstream normaliser's route for the target script, and the real front end's ids.
+
+    Only for an IndexTTS2 setup (``--config`` given, or a tokenizer whose base pieces are
+    upper-case, as IndexTTS2's): another model has its own front end.
+    """
+    from . import tokenizer as tk
     from .indextts import front_end_parity, upstream_route
 
+    if setup.config is None and tk.base_text_case(tk.load_proto(setup.tokenizer)) != "upper":
+        return []
     out = []
     zh = sum(upstream_route(t) == "zh" for t in texts)
     if setup.lang not in ("zho", "cmn") and zh:
@@ -508,7 +515,7 @@ def check_front_end(setup: Setup, texts: list[str]) -> list[Finding]:
     return out
 
 
-def check_manifest_ids(setup: Setup, ids: list[list[int]], rows: int | None,
+def check_manifest_ids(setup: Setup, texts: list[str], ids: list[list[int]], rows: int | None,
                        base_size: int | None) -> list[Finding]:
     """The manifest's stored ``text_ids``: in range, ``<unk>`` share, new ids used at all."""
     import sentencepiece as spm
@@ -529,10 +536,23 @@ def check_manifest_ids(setup: Setup, ids: list[list[int]], rows: int | None,
                            f"{sp.unk_id()}): it was tokenised with a tokenizer that lacks the script",
                            "re-tokenise the manifest with the extended tokenizer"))
     if base_size is not None and sp.get_piece_size() > base_size and not any(i >= base_size for i in flat):
-        out.append(Finding("manifest.no_new_ids", "block",
-                           f"no stored text id is >= {base_size}: the manifest was tokenised with "
-                           "the base tokenizer, so the new rows never train",
-                           "re-tokenise the manifest with the extended tokenizer"))
+        from .text import normalize
+
+        texts = [normalize(t, setup.lang) for t in texts]
+        if any(i >= base_size for t in texts for i in sp.encode(t)):
+            out.append(Finding("manifest.no_new_ids", "block",
+                               f"no stored text id is >= {base_size}, yet {setup.tokenizer.name} "
+                               "gives new ids on the same text: the manifest was tokenised with "
+                               "the base tokenizer, so the new rows never train",
+                               "re-tokenise the manifest with the extended tokenizer"))
+        else:
+            n = sp.get_piece_size() - base_size
+            out.append(Finding("manifest.new_ids_unused", "warn",
+                               f"{n} added piece{'s' if n != 1 else ''}, none of which occurs in "
+                               "this manifest's text: their rows never train, and the base "
+                               "tokenizer already encodes this language",
+                               "keep the base tokenizer for this language (chapter 8 decides "
+                               "with newlang.assess)"))
     return out
 
 
@@ -557,7 +577,7 @@ def examine(setup: Setup) -> dict[str, Any]:
         findings += check_tokenizer(setup, texts)
         findings += check_front_end(setup, texts)
     findings += check_sizes(setup, ckpt)
-    findings += check_manifest_ids(setup, ids, ckpt["rows"] if ckpt else None, base_size)
+    findings += check_manifest_ids(setup, texts, ids, ckpt["rows"] if ckpt else None, base_size)
     findings += check_init(setup, ckpt, base_size)
     findings += check_rates(setup)
     findings += check_freeze(setup)

@@ -45,6 +45,8 @@ from .markdown import markdown_table
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_train.ipynb"
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+"""Committed results tables of grids run on the full profile (``docs/results``)."""
 """The course's grid files (chapter 6's per profile, and the complete comparison)."""
 SECTIONS = ("parameters", "grid", "points")
 # Each point's OUT_DIR is set by the runner; the grid file does not choose it.
@@ -286,6 +288,61 @@ def seed_spread(report: dict[str, Any], paths: list[str]) -> tuple[list[str], li
                 cells.append(f"{sum(values) / len(values):.3g} ({min(values):.3g}-{max(values):.3g})")
         rows.append([settings, len(entries), *cells])
     return ["settings", "seeds", *paths], rows
+
+
+def write_results_csv(report: dict[str, Any], parameters: list[str], paths: list[str],
+                      out: Path) -> Path:
+    """A compact results table to commit: one row per point that ran, its ``parameters`` and
+    its results by dotted path (:func:`metric`), rounded to 4 decimals; written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["point", *parameters, *paths])
+    for e in report["points"]:
+        if e["status"] == "failed":
+            continue
+        values = [metric(e, path) for path in paths]
+        writer.writerow([e["name"], *("" if e["parameters"].get(k) is None else e["parameters"][k]
+                                      for k in parameters),
+                         *("" if v is None else round(v, 4) for v in values)])
+    write_text_atomic(out, buffer.getvalue())
+    return Path(out)
+
+
+def read_results_csv(path: Path) -> dict[str, Any]:
+    """A table :func:`write_results_csv` wrote, as a report :func:`seed_spread` and
+    :func:`metric` read: ``{"points": [{"name", "parameters", "status", "summary"}]}``.
+
+    Upper-case columns are notebook parameters (``RECIPE``), the others results, by dotted
+    path (``val.mel_loss``); a blank cell is None; numbers are parsed (integers stay integers).
+    """
+    def parse(text: str) -> Any:
+        if text == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    points = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            summary: dict[str, Any] = {}
+            parameters = {}
+            for key, text in row.items():
+                if key == "point":
+                    continue
+                if key.isupper():
+                    parameters[key] = parse(text)
+                elif "." in key:
+                    head, tail = key.split(".", 1)
+                    summary.setdefault(head, {})[tail] = parse(text)
+                else:
+                    summary[key] = parse(text)
+            points.append({"name": row["point"], "parameters": parameters, "status": "done",
+                           "summary": summary})
+    return {"points": points}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

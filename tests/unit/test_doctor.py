@@ -145,3 +145,36 @@ def test_header_checkpoint_and_bad_inputs(tmp_path):
         doctor.gpt_config(config)
     with pytest.raises(ValueError, match="no tokenizer"):
         doctor.examine(doctor.Setup())
+
+
+def test_manifest_ids_tell_a_base_tokenised_manifest_from_an_unused_extension(hornmt_dir, tmp_path):
+    from amhelpers import corpus
+    from amhelpers import tokenizer as tk
+    from amhelpers.text import normalize
+
+    base = tmp_path / "eng.model"
+    tk.train_base(corpus.split_lines("eng", "train"), "eng", 300, base)
+    ext = tmp_path / "eng+amh.model"
+    tk.extend(base, corpus.split_lines("amh", "train"), "amh", 400, ext)
+    sp_base = tk.processor(tk.load_proto(base))
+
+    def manifest(lang: str, path):
+        lines = corpus.split_lines(lang, "val")[:40]
+        path.write_text("".join(json.dumps({"text": t, "text_ids": sp_base.encode(normalize(t, lang))},
+                                           ensure_ascii=False) + "\n" for t in lines), encoding="utf-8")
+        return path
+
+    def checks(tokenizer, lang, path):
+        setup = doctor.Setup(tokenizer=tokenizer, base_tokenizer=base, manifest=path, lang=lang)
+        return {f["check"]: f["severity"] for f in doctor.examine(setup)["findings"]}
+
+    amh = checks(ext, "amh", manifest("amh", tmp_path / "amh.jsonl"))
+    assert amh["manifest.no_new_ids"] == "block" and amh["manifest.unk"] == "block"
+    # an Oromo extension of an English base adds (almost) nothing the text uses
+    orm_ext = tmp_path / "eng+orm.model"
+    tk.extend(base, corpus.split_lines("orm", "train"), "orm", 400, orm_ext)
+    orm = checks(orm_ext, "orm", manifest("orm", tmp_path / "orm.jsonl"))
+    assert len(tk.load_proto(orm_ext).pieces) == 301  # one character of the corpus, never in val
+    assert orm["manifest.new_ids_unused"] == "warn" and "manifest.no_new_ids" not in orm
+    # a lower-case base is not IndexTTS2's: its front-end checks do not apply
+    assert not any(c.startswith("front_end.") for c in (*amh, *orm))

@@ -113,3 +113,24 @@ def test_seed_spread_groups_a_setting_given_as_none_with_one_left_out():
     assert rows == [["RECIPE=fix", 2, "2.1 (2-2.2)"], ["RECIPE=fix, TRAIN_PHRASES=0", 1, "1.5"]]
     assert runs.setting_of({"RECIPE": "fix", "TRAIN_PHRASES": None, "SEED": 3}) == \
         runs.setting_of({"RECIPE": "fix"})
+
+
+def test_results_csv_round_trip_groups_seeds(tmp_path):
+    report = {"points": [
+        {"name": f"p{i}", "status": status, "parameters": {"RECIPE": r, "SEED": seed,
+                                                           "TRAIN_PHRASES": None},
+         "summary": {"val": {"mel_loss": loss}, "generation": {"per": None}}}
+        for i, (r, seed, loss, status) in enumerate([("fix", 0, 2.34211, "done"),
+                                                      ("fix", 1, 2.3382, "skipped"),
+                                                      ("original", 0, 2.5, "done"),
+                                                      ("original", 1, 9.9, "failed")])]}
+    out = runs.write_results_csv(report, ["RECIPE", "SEED", "TRAIN_PHRASES"],
+                                 ["val.mel_loss", "generation.per"], tmp_path / "r.csv")
+    assert out.read_text().splitlines()[:2] == [
+        "point,RECIPE,SEED,TRAIN_PHRASES,val.mel_loss,generation.per", "p0,fix,0,,2.3421,"]
+    back = runs.read_results_csv(out)
+    assert [e["name"] for e in back["points"]] == ["p0", "p1", "p2"]  # the failed point is left out
+    assert back["points"][1]["parameters"] == {"RECIPE": "fix", "SEED": 1, "TRAIN_PHRASES": None}
+    columns, rows = runs.seed_spread(back, ["val.mel_loss", "generation.per"])
+    assert rows[0] == ["RECIPE=fix", 2, "2.34 (2.34-2.34)", None]
+    assert rows[1] == ["RECIPE=original", 1, "2.5", None]

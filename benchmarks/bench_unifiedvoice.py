@@ -1,0 +1,179 @@
+"""Cost of freezing base rows on the real IndexTTS2 GPT at its real size, on CPU; JSON lines.
+
+The real ``UnifiedVoice`` class (``amhelpers.indextts``, the optional ``indextts`` extra) is
+built from IndexTTS2's ``config.yaml`` (model_dim 1280, 24 layers, 20 heads) with its text
+tables sized for a 12,000-piece tokenizer extended to 24,000 (24,001 rows), random weights. It
+trains with AdamW (weight decay 0.01, grad clip 1.0) on synthetic batches (half base, half new
+text ids; uniform mel codes) through its own GPT-2 stack, text and mel losses 0.2 / 0.8, with
+zero speaker conditioning (the conditioning encoders do not run; in a real run they add the
+same cost to every mode, so the ratios here are upper bounds).
+
+Four copies of a 0.6B-parameter model with Adam state do not fit a 24 GB machine, so the modes
+take turns on one model: each (round, mode) builds the freeze and a fresh optimizer, takes one
+untimed step (Adam allocates its state), then times ``--steps`` steps; each round shuffles the
+order of the modes. Lines:
+
+- ``{"bench": "unifiedvoice_freeze_step_time", "mode", "median_step_s", "ratio_vs_none",
+  "ratio_min", "ratio_max", ...}``: ``ratio_vs_none`` is the median over rounds of the
+  per-round ratio to no freezing; the goal is at most 1.03 for ``exact`` and ``exact-sparse``.
+- ``{"bench": "unifiedvoice_freeze_optimizer_state", "mode", "table_state_bytes",
+  "total_state_bytes", "base_rows_bit_identical", ...}``.
+
+    python benchmarks/bench_unifiedvoice.py [--config config.yaml] [--rounds 3] [--steps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+import torch.nn.functional as F
+from gpu_freeze import _state_bytes, synthetic_batches
+from torch import nn
+
+from amhelpers.freeze import DEFAULT_NAMES, freeze_base_rows
+
+MODES = ("none", "hook", "exact", "exact-sparse")
+GOAL = 1.03
+
+
+def build(config: Path, text_tokens: int, seed: int = 0) -> nn.Module:
+    """The real UnifiedVoice from ``config``'s ``gpt`` section, ``text_tokens + 1`` text rows."""
+    import warnings
+
+    import yaml
+    from transformers.utils import logging as hf_logging
+
+    from amhelpers.indextts import load_unifiedvoice_class
+
+    gpt = dict(yaml.safe_load(config.read_text(encoding="utf-8"))["gpt"])
+    gpt["number_text_tokens"] = text_tokens
+    cls = load_unifiedvoice_class()
+    torch.manual_seed(seed)
+    hf_logging.set_verbosity_error()  # GPT-2's default bos/eos ids warning: harmless here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(**gpt).train()
+
+
+def loss_of(model: nn.Module, batch: dict[str, torch.Tensor], cond_len: int = 32) -> torch.Tensor:
+    """Text + mel loss through UnifiedVoice's own embeddings, GPT-2 stack and heads."""
+    text, codes = batch["text_ids"], batch["codes"]
+    emb_t = model.text_embedding(text) + model.text_pos_embedding(text)
+    emb_m = model.mel_embedding(codes) + model.mel_pos_embedding(codes)
+    cond = torch.zeros(text.shape[0], cond_len, emb_t.shape[-1])
+    text_logits, mel_logits = model.get_logits(cond, emb_t, model.text_head, emb_m, model.mel_head)
+    text_loss = F.cross_entropy(text_logits[:, :, :-1], text[:, 1:])
+    mel_loss = F.cross_entropy(mel_logits[:, :, :-1], codes[:, 1:])
+    return 0.2 * text_loss + 0.8 * mel_loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=None,
+                        help="IndexTTS2's config.yaml (default: $AMHELPERS_INDEXTTS2_DIR/config.yaml)")
+    parser.add_argument("--base-tokens", type=int, default=12000)
+    parser.add_argument("--text-tokens", type=int, default=24000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per mode per round")
+    parser.add_argument("--text-len", type=int, default=60)
+    parser.add_argument("--mel-len", type=int, default=240)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    config = args.config
+    if config is None:
+        folder = os.environ.get("AMHELPERS_INDEXTTS2_DIR")
+        if not folder:
+            parser.error("give --config or set AMHELPERS_INDEXTTS2_DIR to the folder holding "
+                         "IndexTTS2's config.yaml")
+        config = Path(folder) / "config.yaml"
+    if not config.is_file():
+        parser.error(f"--config {config} does not exist")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    start = time.perf_counter()
+    model = build(config, args.text_tokens)
+    base_rows = args.base_tokens  # rows [0, 12000) hold the base pieces; the "+1" row moved on
+    rows = model.text_embedding.weight.shape[0]
+    n_params = sum(p.numel() for p in model.parameters())
+    mel_codes = model.mel_embedding.weight.shape[0]
+    batches = synthetic_batches(4, 1, args.text_len, args.mel_len, rows, base_rows,
+                                mel_codes - 2, torch.device("cpu"))
+    step_i = 0
+
+    def steps(opt: torch.optim.Optimizer, n: int) -> float:
+        nonlocal step_i
+        t0 = time.perf_counter()
+        for _ in range(n):
+            batch = batches[step_i % len(batches)]
+            step_i += 1
+            opt.zero_grad(set_to_none=True)
+            loss_of(model, batch).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        return (time.perf_counter() - t0) / n
+
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    state: dict[str, dict] = {}
+    order = list(MODES)
+    rng = random.Random(0)
+    for _ in range(args.rounds):
+        rng.shuffle(order)
+        for mode in order:
+            handle = None if mode == "none" else freeze_base_rows(model, base_rows, mode=mode)
+            params = handle.parameters(model) if handle else list(model.parameters())
+            opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
+            if handle is not None:
+                handle.attach(opt)
+            before = {n: model.get_parameter(n).detach()[:base_rows].clone() for n in DEFAULT_NAMES}
+            steps(opt, 1)  # untimed: Adam allocates its state
+            times[mode].append(steps(opt, args.steps))
+            tables = [model.get_parameter(n) for n in DEFAULT_NAMES]
+            identical = all(torch.equal(model.get_parameter(n).detach()[:base_rows], before[n])
+                            for n in DEFAULT_NAMES)
+            state[mode] = {
+                "table_state_bytes": (handle.optimizer_state_bytes(opt) if handle
+                                      else _state_bytes(opt, tables)),
+                "total_state_bytes": _state_bytes(opt, [p for g in opt.param_groups
+                                                        for p in g["params"]]),
+                "base_rows_bit_identical": bool(identical)}
+            if handle is not None:
+                handle.remove()
+            del opt, handle
+
+    common = {"model": "UnifiedVoice (real class, config.yaml)", "parameters": n_params,
+              "text_rows": rows, "base_rows": base_rows, "device": "cpu",
+              "threads": torch.get_num_threads(), "batch": 1, "text_len": args.text_len,
+              "mel_len": args.mel_len, "rounds": args.rounds, "steps_per_round": args.steps}
+    for mode in MODES:
+        ratios = [t / n for t, n in zip(times[mode], times["none"])]
+        print(json.dumps({"bench": "unifiedvoice_freeze_step_time", "mode": mode, **common,
+                          "median_step_s": round(statistics.median(times[mode]), 3),
+                          "ratio_vs_none": round(statistics.median(ratios), 4),
+                          "ratio_min": round(min(ratios), 4), "ratio_max": round(max(ratios), 4),
+                          "goal": GOAL if mode in ("exact", "exact-sparse") else None,
+                          "goal_met": (statistics.median(ratios) <= GOAL
+                                       if mode in ("exact", "exact-sparse") else None)}),
+              flush=True)
+    none_bytes = state["none"]["table_state_bytes"]
+    for mode in MODES:
+        print(json.dumps({"bench": "unifiedvoice_freeze_optimizer_state", "mode": mode, **common,
+                          **state[mode], "table_state_ratio_vs_none":
+                          round(state[mode]["table_state_bytes"] / none_bytes, 4),
+                          "wall_s": round(time.perf_counter() - start, 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
