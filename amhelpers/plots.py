@@ -48,6 +48,28 @@ def bar_compare(ax, labels: Sequence[str], series: Mapping[str, Sequence[float]]
     ax.legend()
 
 
+def ranges(ax, groups: Mapping[tuple, Sequence[float]], order: Sequence[str],
+           series: Mapping[object, str], ylabel: str, marker: str = "o",
+           filled: bool = True) -> None:
+    """Per category of ``order`` (x) and per series (side by side), the mean of a group's
+    values as a marker and their range as a vertical bar; ``groups`` maps ``(category,
+    series_key)`` to values (:func:`amhelpers.runs.values_by`), ``series`` a key to its label."""
+    width = 0.6 / max(len(series), 1)
+    for k, (key, label) in enumerate(series.items()):
+        for i, category in enumerate(order):
+            values = groups.get((category, key))
+            if not values:
+                continue
+            x = i + (k - (len(series) - 1) / 2) * width
+            mean = sum(values) / len(values)
+            ax.vlines(x, min(values), max(values), color=f"C{k}", lw=2)
+            ax.plot(x, mean, marker, color=f"C{k}", mfc=f"C{k}" if filled else "none",
+                    label=label if i == next(j for j, c in enumerate(order)
+                                             if groups.get((c, key))) else None)
+    ax.set_xticks(range(len(order)), order, rotation=20)
+    ax.set_ylabel(ylabel)
+
+
 def show(fig, path: str | os.PathLike) -> Path:
     """Save ``fig`` as a PNG, close it and display the image in the notebook.
 

@@ -290,6 +290,21 @@ def seed_spread(report: dict[str, Any], paths: list[str]) -> tuple[list[str], li
     return ["settings", "seeds", *paths], rows
 
 
+def values_by(report: dict[str, Any], path: str, by: tuple[str, ...] = ("RECIPE", "TRAIN_PHRASES")
+              ) -> dict[tuple[Any, ...], list[float]]:
+    """A result (:func:`metric`) of the points that ran and set nothing but ``by`` and their
+    seed (``PROFILE`` and ``TARGET_LANG`` aside), grouped by ``by``: one list over seeds per
+    setting. Points that change another parameter (chapter 6's one-change points) are left out."""
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for e in report["points"]:
+        other = {k for k, v in e["parameters"].items()
+                 if v is not None and k not in (*by, "SEED", "PROFILE", "TARGET_LANG")}
+        value = metric(e, path) if e["status"] != "failed" and not other else None
+        if value is not None:
+            groups.setdefault(tuple(e["parameters"].get(k) for k in by), []).append(value)
+    return groups
+
+
 def write_results_csv(report: dict[str, Any], parameters: list[str], paths: list[str],
                       out: Path) -> Path:
     """A compact results table to commit: one row per point that ran, its ``parameters`` and

@@ -134,3 +134,30 @@ def test_results_csv_round_trip_groups_seeds(tmp_path):
     columns, rows = runs.seed_spread(back, ["val.mel_loss", "generation.per"])
     assert rows[0] == ["RECIPE=fix", 2, "2.34 (2.34-2.34)", None]
     assert rows[1] == ["RECIPE=original", 1, "2.5", None]
+
+
+def test_values_by_groups_seeds_and_leaves_one_change_points_out():
+    def point(seed, loss, **extra):
+        return {"name": "x", "status": "done", "summary": {"val": {"mel_loss": loss}},
+                "parameters": {"RECIPE": "original", "SEED": seed, "PROFILE": "full", **extra}}
+
+    report = {"points": [point(0, 2.5), point(1, 2.6), point(0, 2.4, TRAIN_PHRASES=0),
+                         point(0, 3.3, LEARNING_RATE=2.5e-5), point(0, 2.45, TRAIN_PHRASES=None)]}
+    assert runs.values_by(report, "val.mel_loss") == {("original", None): [2.5, 2.6, 2.45],
+                                                      ("original", 0): [2.4]}
+
+
+def test_ranges_draws_one_bar_per_group(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from amhelpers import plots
+
+    fig, ax = plt.subplots()
+    plots.ranges(ax, {("a", None): [1.0, 2.0], ("b", None): [3.0], ("a", 0): [1.5]}, ["a", "b"],
+                 {None: "low", 0: "all"}, "loss")
+    assert len(ax.collections) == 3  # one range bar per group
+    assert ax.get_legend_handles_labels()[1] == ["low", "all"]
+    plt.close(fig)
