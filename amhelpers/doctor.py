@@ -61,7 +61,7 @@ _FLAG_TYPES = {"learning_rate": float, "new_row_lr": float, "weight_decay": floa
 # rates are ratios to the pretraining rate; val mel is the held-out mel loss, lower is better.
 MEASURED = {
     "noise_floor": 0.008,            # largest seed range of val mel loss
-    "original": {"val_mel_loss": 2.508, "per": None},
+    "original": {"val_mel_loss": 2.508},
     "original_fix": {"val_mel_loss": 3.341},
     "fix": {"val_mel_loss": 2.342},
     "loss_weights_0.4_0.6": {"val_mel_loss": 2.576},

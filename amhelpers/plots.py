@@ -56,6 +56,7 @@ def ranges(ax, groups: Mapping[tuple, Sequence[float]], order: Sequence[str],
     series_key)`` to values (:func:`amhelpers.runs.values_by`), ``series`` a key to its label."""
     width = 0.6 / max(len(series), 1)
     for k, (key, label) in enumerate(series.items()):
+        labelled = False  # one legend entry per series, on its first drawn group
         for i, category in enumerate(order):
             values = groups.get((category, key))
             if not values:
@@ -64,8 +65,8 @@ def ranges(ax, groups: Mapping[tuple, Sequence[float]], order: Sequence[str],
             mean = sum(values) / len(values)
             ax.vlines(x, min(values), max(values), color=f"C{k}", lw=2)
             ax.plot(x, mean, marker, color=f"C{k}", mfc=f"C{k}" if filled else "none",
-                    label=label if i == next(j for j, c in enumerate(order)
-                                             if groups.get((c, key))) else None)
+                    label=None if labelled else label)
+            labelled = True
     ax.set_xticks(range(len(order)), order, rotation=20)
     ax.set_ylabel(ylabel)
 
