@@ -216,12 +216,119 @@ class LengthBucketBatches:
         Raises:
             ValueError: the state was saved for other data, batch size, window or seed.
         """
+        if "replay" in state:
+            raise ValueError("the saved data position was written by a run with replay "
+                             f"(fraction {state.get('fraction')})")
         mine = self.state_dict()
         differ = [f"{k}={state[k]} (now {mine[k]})" for k in ("seed", "batch_size", "window", "rows")
                   if k in state and state[k] != mine[k]]
         if differ:
             raise ValueError("the saved data position belongs to other batches: " + ", ".join(differ))
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+class ReplayBatches:
+    """Batches that mix base-language rows into every target-language batch (replay).
+
+    Each batch holds up to ``batch_size - k`` target rows, drawn by a
+    :class:`LengthBucketBatches` that defines the epoch, and exactly ``k = round(fraction *
+    batch_size)`` replay rows (at least one when ``fraction > 0``). The replay rows come from
+    a stream of their own, one seeded shuffle per pass, cut into ``k`` rows at a time across
+    passes. Replay row ``i`` is index ``offset + i`` of the rows the trainer holds (the target
+    rows come first). :meth:`state_dict` holds the position of both parts, so a resumed run
+    draws the same batches.
+
+    Args:
+        target_lengths: one length per target-language row.
+        replay_lengths: one length per replay (base-language) row.
+        batch_size: rows per batch, both parts together (the compute per step is unchanged).
+        fraction: the share of each batch that is replay, in ``(0, 1)``.
+        seed: seed of both parts' shuffles.
+        window: batches per length-sorting window.
+
+    Raises:
+        ValueError: a fraction outside ``(0, 1)``, one that leaves no target row in a batch,
+            or no replay rows.
+    """
+
+    def __init__(self, target_lengths: Sequence[int], replay_lengths: Sequence[int],
+                 batch_size: int, fraction: float, seed: int = 0, window: int = 50) -> None:
+        if not 0 < fraction < 1:
+            raise ValueError(f"replay fraction {fraction} must be in (0, 1)")
+        if not replay_lengths:
+            raise ValueError("replay needs at least one replay row")
+        k = max(1, round(fraction * batch_size))
+        if k >= batch_size:
+            raise ValueError(f"replay fraction {fraction} of a batch of {batch_size} leaves no "
+                             "target-language row; lower the fraction or raise the batch size")
+        self.fraction, self.k, self.offset = fraction, k, len(target_lengths)
+        self.target = LengthBucketBatches(target_lengths, batch_size - k, seed, window)
+        self.replay = LengthBucketBatches(replay_lengths, k, seed + 7_919, window)
+        self.replay_pass, self.replay_pos = 0, 0
+
+    def __len__(self) -> int:
+        """Number of batches in one epoch (of the target rows)."""
+        return len(self.target)
+
+    @property
+    def epoch(self) -> int:
+        """The target rows' epoch."""
+        return self.target.epoch
+
+    def _replay_order(self, n: int) -> list[int]:
+        return [i for b in self.replay.epoch_batches(n) for i in b]
+
+    def _replay_rows(self) -> list[int]:
+        """The next ``k`` replay rows (as indices after the target rows)."""
+        taken: list[int] = []
+        while len(taken) < self.k:
+            order = self._replay_order(self.replay_pass)
+            need = self.k - len(taken)
+            taken += order[self.replay_pos:self.replay_pos + need]
+            self.replay_pos += need
+            if self.replay_pos >= len(order):
+                self.replay_pass, self.replay_pos = self.replay_pass + 1, 0
+        return [self.offset + i for i in taken]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.target:
+            yield batch + self._replay_rows()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position of both parts, and the fraction."""
+        return {"target": self.target.state_dict(), "fraction": self.fraction,
+                "replay": {"pass": self.replay_pass, "pos": self.replay_pos,
+                           "rows": len(self.replay.lengths), "k": self.k}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a position saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: the state was saved without replay, or for other data or settings.
+        """
+        if "replay" not in state:
+            raise ValueError("the saved data position was written by a run without replay")
+        if state.get("fraction") != self.fraction:
+            raise ValueError(f"the saved data position has replay fraction "
+                             f"{state.get('fraction')} (now {self.fraction})")
+        replay = state["replay"]
+        if (replay.get("rows"), replay.get("k")) != (len(self.replay.lengths), self.k):
+            raise ValueError(f"the saved data position replays {replay.get('rows')} rows, "
+                             f"{replay.get('k')} per batch (now {len(self.replay.lengths)}, "
+                             f"{self.k}): another --replay-manifest or --batch-size")
+        self.target.load_state_dict(state["target"])
+        self.replay_pass, self.replay_pos = int(replay["pass"]), int(replay["pos"])
+
+
+def training_batches(target_lengths: Sequence[int], batch_size: int, seed: int = 0, window: int = 50,
+            replay_lengths: Sequence[int] = (), replay_fraction: float = 0.0
+            ) -> LengthBucketBatches | ReplayBatches:
+    """The trainer's sampler: :class:`LengthBucketBatches`, or :class:`ReplayBatches` when
+    ``replay_fraction > 0`` (its rows follow the target rows)."""
+    if replay_fraction > 0:
+        return ReplayBatches(target_lengths, replay_lengths, batch_size, replay_fraction, seed,
+                             window)
+    return LengthBucketBatches(target_lengths, batch_size, seed=seed, window=window)
 
 
 def collate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

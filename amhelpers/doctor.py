@@ -1,6 +1,6 @@
 """Pre-flight check of a real training setup: ranked findings before the GPU hours are spent.
 
-Why this module is long: about 600 lines, because each check is one short function over the same
+Why this module is long: about 700 lines, because each check is one short function over the same
 :class:`Setup`, and the thresholds and the measured numbers they quote sit beside them; split
 across modules they would drift apart.
 
@@ -15,6 +15,7 @@ evidence and its fix:
 - learning rates, warmup and loss weights against what chapter 6 measured (:data:`MEASURED`);
 - weight decay under a hook freeze and its analytic leak over the planned steps (chapter 4a);
 - resuming from a checkpoint saved before the freeze (Adam moments, drifted base rows);
+- whether the base languages are replayed (``--replay-manifest``; chapter 6b);
 - the route IndexTTS2's text front end sends the target script down (its ``TextNormalizer``
   calls the Chinese normaliser for text without a Latin letter, and returns "" when that
   raises), and, with the ``indextts`` extra installed, the real ``TextTokenizer``'s ids against
@@ -49,12 +50,15 @@ TRAINER_DEFAULTS: dict[str, Any] = {"learning_rate": 2e-5, "new_row_lr": None,
                                     "max_steps": None, "init": None, "freeze_mode": None,
                                     "freeze_base_rows": None, "decay": "all",
                                     "init_checkpoint": None,
-                                    "resume": None, "tokenizer": None, "train_manifest": None}
+                                    "resume": None, "tokenizer": None, "train_manifest": None,
+                                    "replay_manifest": None, "replay_fraction": 0.0,
+                                    "freeze_layers": 0}
 _FLAG_TYPES = {"learning_rate": float, "new_row_lr": float, "weight_decay": float,
                "warmup_steps": int, "text_loss_weight": float, "mel_loss_weight": float,
                "max_steps": int, "init": str, "freeze_mode": str, "freeze_base_rows": int,
                "decay": str, "resume": str, "init_checkpoint": str,
-               "tokenizer": str, "train_manifest": str}
+               "tokenizer": str, "train_manifest": str, "replay_manifest": str,
+               "replay_fraction": float, "freeze_layers": int}
 
 # What chapter 6 measured on the full profile (300 steps, low-resource regime, seed 0; the table
 # is docs/results/ch06_full.csv, and a unit test keeps these numbers equal to it). Learning
@@ -557,6 +561,33 @@ def check_manifest_ids(setup: Setup, texts: list[str], ids: list[list[int]], row
 
 
 # ----------------------------------------------------------------------------- the report
+def check_retention(setup: Setup) -> list[Finding]:
+    """Whether the run keeps the base language: base-language replay (chapter 6b)."""
+    f = setup.flags
+    if f["replay_manifest"] and f["replay_fraction"] > 0:
+        return [Finding("retention.replay", "info",
+                        f"{f['replay_fraction']:.0%} of every batch replays "
+                        f"{f['replay_manifest']}")]
+    measured = ""
+    table = Path(__file__).resolve().parent.parent / "docs" / "results" / "retention_full.json"
+    if table.is_file():  # chapter 6b's committed full-profile grid
+        done = json.loads(table.read_text(encoding="utf-8"))
+        rows = {r["run"]: r for r in done["rows"]}
+        fix, replay = rows.get("fix"), rows.get("fix, replay 0.25")
+        if fix and replay:
+            measured = (f"; chapter 6b (300 steps): the base model's English MCD / random "
+                        f"{done['base_english']['mcd_vs_random']:.3f}, "
+                        f"{fix['eng_mcd_vs_random']:.3f} after the fix alone, "
+                        f"{replay['eng_mcd_vs_random']:.3f} with a quarter of every batch replayed")
+    return [Finding("retention.no_replay", "warn",
+                    "no base-language replay (--replay-manifest): training on the new language "
+                    "alone moves the backbone, and the freeze of the base rows does not stop the "
+                    f"base languages from degrading{measured}",
+                    "mix the base languages' training data into every batch "
+                    "(--replay-manifest base.jsonl --replay-fraction 0.25, or "
+                    "amhelpers.data.ReplayBatches as your DataLoader's batch_sampler)")]
+
+
 def examine(setup: Setup) -> dict[str, Any]:
     """Run every check that the given files allow; findings ranked block, warn, info."""
     if setup.tokenizer is None:
@@ -582,6 +613,7 @@ def examine(setup: Setup) -> dict[str, Any]:
     findings += check_rates(setup)
     findings += check_freeze(setup)
     findings += check_resume(setup, ckpt, base_size)
+    findings += check_retention(setup)
     findings.sort(key=lambda x: SEVERITIES.index(x.severity))
     return {"ok": not any(x.severity == "block" for x in findings),
             "findings": [asdict(x) for x in findings]}

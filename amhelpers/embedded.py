@@ -387,7 +387,11 @@ def run_folder(p: Profile, spec: Recipe, phrases: int | None = None, seed: int |
         raise ValueError(f"phrases={phrases}: give a number of phrases > 0, 0 for every phrase, "
                          "or None for the profile's low-resource regime")
     base_ckpt = base_model(p, progress)
-    shaping = {**{k: v for k, v in asdict(spec).items() if k not in ("name", "steps")},
+    # Settings added after the first cached runs enter the key only when set, so those runs
+    # keep their keys.
+    later = {"replay_fraction": 0.0, "freeze_layers": 0}
+    shaping = {**{k: v for k, v in asdict(spec).items() if k not in ("name", "steps")
+                  and not (k in later and v == later[k])},
                "steps": spec.steps or p.finetune_steps, "seed": p.seed if seed is None else seed,
                "phrases": p.finetune_phrases if phrases is None else (phrases or None),
                "batch_size": p.batch_size, "val_every": p.finetune_val_every,
@@ -486,6 +490,8 @@ def finetune(p: Profile, spec: Recipe, progress: bool = False, *, phrases: int |
         train_manifest=str(manifest(p, p.target_lang, "train", ext_tok, progress, limit)),
         val_manifest=str(manifest(p, p.target_lang, "val", ext_tok, progress)),
         tokenizer=str(ext_tok), output_dir=str(train_dir), init_checkpoint=str(init_path),
+        replay_manifest=(str(manifest(p, p.base_lang, "train", base_tok, progress))
+                         if spec.replay_fraction else None),
         batch_size=p.batch_size, val_every=val_every, save_every=save_every or val_every,
         keep_last=steps // save_every + 1 if save_every else 3,
         seed=seed, progress=progress, device=EMBEDDED_DEVICE,

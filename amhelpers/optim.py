@@ -228,6 +228,31 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def freeze_layers(model: nn.Module, n: int) -> list[str]:
+    """Keep the first ``n`` transformer blocks still: their parameters stop requiring gradients,
+    so no optimizer group holds them (no update, no weight decay; bit-identical).
+
+    The blocks are ``model.gpt`` (MiniVoice) or ``model.gpt.h`` (a Hugging Face GPT-2, as in
+    IndexTTS2's UnifiedVoice). Returns the frozen parameters' names.
+
+    Raises:
+        ValueError: the model has no such block list, or fewer than ``n`` blocks.
+    """
+    blocks = getattr(model, "gpt", None)
+    blocks = getattr(blocks, "h", blocks)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError("freeze_layers: the model has no transformer block list at .gpt or "
+                         ".gpt.h")
+    if not 0 <= n <= len(blocks):
+        raise ValueError(f"freeze_layers: {n} blocks asked, the model has {len(blocks)}")
+    frozen = []
+    for index in range(n):
+        for name, param in blocks[index].named_parameters():
+            param.requires_grad_(False)
+            frozen.append(f"block {index}: {name}")
+    return frozen
+
+
 def needs_groups(cfg: Any) -> bool:
     """Whether a TrainConfig asks for :func:`param_groups` (else one group holds everything)."""
     return (cfg.freeze_base_rows is not None or cfg.new_row_lr is not None
@@ -241,7 +266,8 @@ def training_optimizer(model: nn.Module, cfg: Any) -> tuple[
     Reads ``freeze_base_rows`` and ``freeze_mode`` (rows ``[0, N)`` of the text tables kept
     still: ``hook``, ``exact`` or ``exact-sparse``), ``learning_rate``, ``new_row_lr``,
     ``weight_decay``, ``decay`` (:data:`DECAY_POLICIES`), ``warmup_steps``, ``max_steps`` and
-    ``new_rows_only_steps`` (:class:`StagedSchedule`). With none of the grouping settings
+    ``new_rows_only_steps`` (:class:`StagedSchedule`); ``freeze_layers`` keeps the first
+    blocks still (:func:`freeze_layers`). With none of the grouping settings
     (:func:`needs_groups`) AdamW gets one group with every trainable parameter, as in the
     IndexTTS2 trainer.
 
@@ -250,6 +276,8 @@ def training_optimizer(model: nn.Module, cfg: Any) -> tuple[
         attached: call ``handle.attach(optimizer)`` once the optimizer state is final (after
         loading a checkpoint's).
     """
+    if getattr(cfg, "freeze_layers", 0):
+        freeze_layers(model, cfg.freeze_layers)
     handle = (freeze_base_rows(model, cfg.freeze_base_rows, mode=cfg.freeze_mode)
               if cfg.freeze_base_rows is not None else None)
     if needs_groups(cfg):

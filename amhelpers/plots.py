@@ -71,6 +71,27 @@ def ranges(ax, groups: Mapping[tuple, Sequence[float]], order: Sequence[str],
     ax.set_ylabel(ylabel)
 
 
+def retention_front(ax, rows: Sequence[Mapping], base_mcd: float, front: Sequence[str],
+                    margin: float, label: str = "") -> None:
+    """Target-language against English MCD / random codes, one marker per run (lower is better
+    on both axes), the front's runs joined by a line, the base model's English as a dotted line
+    and the goal (``margin`` above it) as a band; ``label`` prefixes the legend entries."""
+    ax.axvspan(base_mcd, base_mcd + margin, color="C2", alpha=0.15,
+               label=f"{label}goal: base English + {margin:g}")
+    ax.axvline(base_mcd, color="C2", ls=":", label=f"{label}base model's English")
+    for r in rows:
+        on = r["run"] in front
+        ax.plot(r["eng_mcd_vs_random"], r["amh_mcd_vs_random"], "o" if on else "x",
+                color="C3" if on else "C7")
+        ax.annotate(r["run"], (r["eng_mcd_vs_random"], r["amh_mcd_vs_random"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    line = sorted((r for r in rows if r["run"] in front), key=lambda r: r["eng_mcd_vs_random"])
+    ax.plot([r["eng_mcd_vs_random"] for r in line], [r["amh_mcd_vs_random"] for r in line],
+            "-", color="C3", alpha=0.6, label=f"{label}front")
+    ax.set(xlabel="English MCD / random (retention; lower is better)",
+           ylabel="target MCD / random (acquisition; lower is better)")
+
+
 def show(fig, path: str | os.PathLike) -> Path:
     """Save ``fig`` as a PNG, close it and display the image in the notebook.
 

@@ -63,6 +63,8 @@ class Recipe:
     text_loss_weight: float = 0.2
     mel_loss_weight: float = 0.8
     pretrained: bool = True         # False: the same model trained from scratch (no English base)
+    replay_fraction: float = 0.0    # share of each batch that is base-language (English) replay
+    freeze_layers: int = 0          # the first N transformer blocks kept still
 
     def learning_rates(self, pretrain_lr: float) -> tuple[float, float | None]:
         """``(learning_rate, new_row_lr)`` on a model pretrained at ``pretrain_lr``."""
@@ -88,7 +90,8 @@ class Recipe:
             freeze_base_rows=base_rows if self.freeze else None,
             freeze_mode=self.freeze or "exact", decay=self.decay,
             weight_decay=self.weight_decay, warmup_steps=warmup, new_rows_only_steps=new_only,
-            text_loss_weight=self.text_loss_weight, mel_loss_weight=self.mel_loss_weight, **run)
+            text_loss_weight=self.text_loss_weight, mel_loss_weight=self.mel_loss_weight,
+            replay_fraction=self.replay_fraction, freeze_layers=self.freeze_layers, **run)
 
 
 def mapping_rows(recipes: list[Recipe], pretrain_lr: float, steps: int) -> list[tuple]:
@@ -160,13 +163,15 @@ def with_settings(preset: Recipe, pretrain_lr: float, steps: int, **settings: An
         steps: the run's length (warmup and staged steps become fractions of it).
         settings: any of ``init``, ``learning_rate``, ``new_row_lr``, ``text_loss_weight``,
             ``mel_loss_weight``, ``warmup_steps``, ``new_rows_only_steps``, ``freeze_mode``
-            (``"none"``: no freeze), ``decay``, ``weight_decay``.
+            (``"none"``: no freeze), ``decay``, ``weight_decay``, ``replay_fraction``,
+            ``freeze_layers``.
 
     Raises:
         ValueError: an unknown setting, or a value out of range (named with the allowed ones).
     """
     known = {"init", "learning_rate", "new_row_lr", "text_loss_weight", "mel_loss_weight",
-             "warmup_steps", "new_rows_only_steps", "freeze_mode", "decay", "weight_decay"}
+             "warmup_steps", "new_rows_only_steps", "freeze_mode", "decay", "weight_decay",
+             "replay_fraction", "freeze_layers"}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ValueError(f"unknown recipe setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -176,6 +181,12 @@ def with_settings(preset: Recipe, pretrain_lr: float, steps: int, **settings: An
     for name in ("learning_rate", "new_row_lr", "weight_decay", "text_loss_weight", "mel_loss_weight"):
         if name in given and not given[name] >= 0:
             raise ValueError(f"{name}={given[name]!r} must be a number >= 0")
+    if "replay_fraction" in given and not 0 <= given["replay_fraction"] < 1:
+        raise ValueError(f"replay_fraction={given['replay_fraction']!r} must be in [0, 1): the "
+                         "share of each batch that is base-language replay")
+    if "freeze_layers" in given and not (isinstance(given["freeze_layers"], int)
+                                         and given["freeze_layers"] >= 0):
+        raise ValueError(f"freeze_layers={given['freeze_layers']!r} must be a whole number >= 0")
     for name in ("warmup_steps", "new_rows_only_steps"):
         if name in given and not 0 <= given[name] <= steps:
             raise ValueError(f"{name}={given[name]!r} must be between 0 and the run's {steps} steps")
@@ -192,7 +203,8 @@ def with_settings(preset: Recipe, pretrain_lr: float, steps: int, **settings: An
         changes["new_rows_only_fraction"] = given["new_rows_only_steps"] / steps
     if "freeze_mode" in given:
         changes["freeze"] = None if given["freeze_mode"] == "none" else given["freeze_mode"]
-    for name in ("decay", "weight_decay", "text_loss_weight", "mel_loss_weight"):
+    for name in ("decay", "weight_decay", "text_loss_weight", "mel_loss_weight",
+                 "replay_fraction", "freeze_layers"):
         if name in given:
             changes[name] = given[name]
     return dataclasses.replace(preset, steps=steps, **changes)

@@ -101,7 +101,8 @@ def read_grid(path: Path, notebook: Path = NOTEBOOK) -> list[dict[str, Any]]:
                          f"not parameters a grid may set in {notebook.name}; choose from "
                          f"{', '.join(n for n in known if n not in RESERVED)}")
     keys = list(grid)
-    points = [{**common, **dict(zip(keys, combo))} for combo in itertools.product(*grid.values())]
+    points = [{**common, **dict(zip(keys, combo))}
+              for combo in itertools.product(*grid.values())] if grid else []
     points += [{**common, **x} for x in extra]
     seen: set[str] = set()
     for point in points:

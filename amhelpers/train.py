@@ -15,7 +15,9 @@ What a run does:
   new-row learning rate, the decay policy and a staged new-rows-first schedule are settings
   of :class:`TrainConfig` too (:func:`amhelpers.optim.training_optimizer` builds them);
 - length-bucketed batches (:class:`amhelpers.data.LengthBucketBatches`, sorted by
-  ``n_text + n_codes``: the model packs text and codes into one sequence), seeded;
+  ``n_text + n_codes``: the model packs text and codes into one sequence), seeded; with
+  ``--replay-manifest`` a set share of every batch is base-language rows
+  (:class:`amhelpers.data.ReplayBatches`);
 - on ``--device`` (``auto``: CUDA when there is a GPU, else the CPU; the forward runs under
   :func:`on_device`), optionally under bf16 autocast (``--amp bf16``); the training state in a
   checkpoint is on the CPU and files are read with ``map_location="cpu"``, so a run resumes on
@@ -54,7 +56,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from amhelpers.ckptio import read_checkpoint
-from amhelpers.data import LengthBucketBatches, collate, read_manifest
+from amhelpers.data import (
+    LengthBucketBatches,
+    ReplayBatches,
+    collate,
+    read_manifest,
+    training_batches,
+)
 from amhelpers.freeze import FreezeHandle
 from amhelpers.io import atomic_write, check_output_dir, same_file, sha256_file
 from amhelpers.model import CheckpointMismatchError, MiniVoice, save_checkpoint
@@ -220,11 +228,12 @@ def train(cfg: TrainConfig, *, on_step: StepHook | None = None) -> dict[str, Any
     check_output_dir(output_dir, "--output-dir")
     train_rows = read_manifest(cfg.train_manifest)
     val_rows = read_manifest(cfg.val_manifest) if cfg.val_manifest else []
+    replay_rows = read_manifest(cfg.replay_manifest) if cfg.replay_manifest else []
     n_pieces = tokenizer_size(cfg.tokenizer) if cfg.tokenizer else None
     output_dir.mkdir(parents=True, exist_ok=True)
     with lock_output_dir(output_dir):
         removed = remove_stale_temp_files(output_dir)
-        run = _prepare(cfg, output_dir, device, train_rows, val_rows, n_pieces)
+        run = _prepare(cfg, output_dir, device, train_rows, val_rows, n_pieces, replay_rows)
         result = _loop(run, on_step)
     return {**result, "device": str(device), "removed_temp_files": removed}
 
@@ -240,7 +249,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     freeze: FreezeHandle | None
-    sampler: LengthBucketBatches
+    sampler: LengthBucketBatches | ReplayBatches
     train_rows: list[dict[str, Any]]
     val_rows: list[dict[str, Any]]
     meta: dict[str, Any]
@@ -253,9 +262,11 @@ class _Run:
 # ---------------------------------------------------------------------------------- setup
 def _prepare(cfg: TrainConfig, output_dir: Path, device: torch.device,
              train_rows: list[dict[str, Any]], val_rows: list[dict[str, Any]],
-             n_pieces: int | None) -> _Run:
+             n_pieces: int | None, replay_rows: list[dict[str, Any]] | None = None) -> _Run:
     """Setup, holding the folder's lock: the checkpoint to start from, the folder's rules,
-    the model config and inputs checked against it, model, optimizer and resume state."""
+    the model config and inputs checked against it, model, optimizer and resume state.
+    ``replay_rows`` (``--replay-manifest``) follow the training rows in ``_Run.train_rows``."""
+    replay_rows = replay_rows or []
     resume_path = (latest_checkpoint(output_dir) if cfg.resume == "auto"
                    else Path(cfg.resume) if cfg.resume else None)
     flag, source = ("--resume", resume_path) if resume_path else (
@@ -271,9 +282,11 @@ def _prepare(cfg: TrainConfig, output_dir: Path, device: torch.device,
     if cfg.resume == "auto" and resume_path is None and (output_dir / "config.json").exists():
         print(f"train: no checkpoint to resume in {output_dir}; starting its run over from "
               "step 0", file=sys.stderr)
-    config = model_config(cfg, payload, flag, source, resume_path, train_rows + val_rows,
-                          n_pieces)
+    config = model_config(cfg, payload, flag, source, resume_path,
+                          train_rows + val_rows + replay_rows, n_pieces)
     train_rows = check_rows(train_rows, config, "--train-manifest")
+    if replay_rows:
+        replay_rows = check_rows(replay_rows, config, "--replay-manifest")
     if val_rows:
         val_rows = check_rows(val_rows, config, "--val-manifest")
     tokenizer_sha = sha256_file(cfg.tokenizer) if cfg.tokenizer else None
@@ -292,12 +305,15 @@ def _prepare(cfg: TrainConfig, output_dir: Path, device: torch.device,
             raise CheckpointMismatchError(f"{flag} {source}: {detail}") from None
     model.to(device).train()
     optimizer, scheduler, freeze = training_optimizer(model, cfg)
-    sampler = LengthBucketBatches([len(r["text_ids"]) + len(r["codes"]) for r in train_rows],
-                                  cfg.batch_size, seed=cfg.seed, window=cfg.bucket_window)
+    def lengths(rows: list[dict[str, Any]]) -> list[int]:
+        return [len(r["text_ids"]) + len(r["codes"]) for r in rows]
+
+    sampler = training_batches(lengths(train_rows), cfg.batch_size, cfg.seed, cfg.bucket_window,
+                      lengths(replay_rows), cfg.replay_fraction)
     meta = {"tokenizer": cfg.tokenizer, "tokenizer_sha256": tokenizer_sha,
             "train_manifest": cfg.train_manifest, "train_config": dataclasses.asdict(cfg)}
     run = _Run(cfg, output_dir, device, model, optimizer, scheduler, freeze, sampler,
-               train_rows, val_rows, meta, resume_path)
+               list(train_rows) + list(replay_rows), val_rows, meta, resume_path)
     if resume_path:
         _restore(run, payload["train_state"])
     if replaced:  # only with --overwrite, now that every input has been checked
@@ -468,7 +484,7 @@ def _step(run: _Run, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], to
     return out, loss, grad_norm, lr
 
 
-def _endless(sampler: LengthBucketBatches) -> Iterator[list[int]]:
+def _endless(sampler: LengthBucketBatches | ReplayBatches) -> Iterator[list[int]]:
     while True:
         yield from sampler
 

@@ -49,6 +49,11 @@ class TrainConfig:
 
     train_manifest: str | None = _opt("training manifest (JSONL); required", type=str)
     val_manifest: str | None = _opt("validation manifest (JSONL)", type=str)
+    replay_manifest: str | None = _opt(
+        "base-language manifest (JSONL) mixed into every batch at --replay-fraction, so the "
+        "model keeps the language it was pretrained on (chapter 6b)", type=str)
+    replay_fraction: float = _opt("share of each batch drawn from --replay-manifest, in "
+                                  "[0, 1); 0 = no replay", default=0.0, type=float)
     tokenizer: str | None = _opt(
         "SentencePiece model: sets number_text_tokens of a fresh model; path and sha256 go "
         "into checkpoint meta", type=str)
@@ -105,6 +110,8 @@ class TrainConfig:
                       default="all", type=str, choices=list(DECAY_POLICIES))
     new_rows_only_steps: int = _opt("train only the text tables for the first N steps, then "
                                     "everything (a staged schedule)", default=0, type=int)
+    freeze_layers: int = _opt("keep the first N transformer blocks frozen (not trained, no "
+                              "weight decay): a retention lever, chapter 6b", default=0, type=int)
     bucket_window: int = _opt("batches per length-sorting window", default=50, type=int)
     device: str = _opt("where to train: auto (cuda if a GPU is visible, else cpu), cpu, cuda "
                        "or cuda:N", default="auto", type=str)
@@ -124,7 +131,7 @@ class TrainConfig:
                      "bucket_window"):
             if not _is_int(getattr(self, name), minimum=1):
                 bad.append(f"{_flag(name)}={getattr(self, name)} (must be a whole number >= 1)")
-        for name in ("warmup_steps", "val_every", "new_rows_only_steps"):
+        for name in ("warmup_steps", "val_every", "new_rows_only_steps", "freeze_layers"):
             if not _is_int(getattr(self, name), minimum=0):
                 bad.append(f"{_flag(name)}={getattr(self, name)} (must be a whole number >= 0)")
         if self.freeze_base_rows is not None and not _is_int(self.freeze_base_rows, minimum=1):
@@ -143,6 +150,15 @@ class TrainConfig:
         if self.max_minutes is not None and not _is_number(self.max_minutes, 0.0, strict=True):
             bad.append(f"--max-minutes={self.max_minutes} (must be a finite number > 0; omit "
                        "it for no time limit)")
+        if not _is_number(self.replay_fraction, minimum=0.0) or self.replay_fraction >= 1:
+            bad.append(f"--replay-fraction={self.replay_fraction} (must be a number in [0, 1): "
+                       "the share of each batch that is replay)")
+        elif self.replay_fraction > 0 and not self.replay_manifest:
+            bad.append(f"--replay-fraction={self.replay_fraction} without --replay-manifest "
+                       "(give the base-language manifest to replay)")
+        elif self.replay_manifest and self.replay_fraction == 0:
+            bad.append(f"--replay-manifest={self.replay_manifest} with --replay-fraction 0 "
+                       "(give the share of each batch to replay, e.g. 0.25, or drop the manifest)")
         if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
             bad.append(f"--device={self.device!r} (choose auto, cpu, cuda or cuda:N)")
         for name, allowed in (("freeze_mode", FREEZE_MODES), ("decay", DECAY_POLICIES),
@@ -381,6 +397,9 @@ def model_config(cfg: TrainConfig, payload: dict[str, Any] | None, flag: str,
         raise ValueError(f"--freeze-base-rows {cfg.freeze_base_rows} is more than the model's "
                          f"number_text_tokens={config.number_text_tokens}; give the base "
                          "tokenizer's size (the rows to keep)")
+    if cfg.freeze_layers > config.layers:
+        raise ValueError(f"--freeze-layers {cfg.freeze_layers} is more than the model's "
+                         f"{config.layers} transformer blocks")
     if payload is not None and tokenizer_size is not None:
         _check_tokenizer(tokenizer_size, cfg.tokenizer, config, flag, source)
     return config
@@ -392,7 +411,8 @@ def model_config(cfg: TrainConfig, payload: dict[str, Any] | None, flag: str,
 RESUME_MUST_MATCH = ("learning_rate", "new_row_lr", "text_loss_weight", "mel_loss_weight",
                      "guided_attention_weight", "guided_attention_sigma", "warmup_steps",
                      "weight_decay", "batch_size", "grad_clip", "freeze_base_rows", "freeze_mode",
-                     "decay", "new_rows_only_steps", "seed", "bucket_window")
+                     "decay", "new_rows_only_steps", "seed", "bucket_window",
+                     "replay_fraction", "freeze_layers")
 
 
 def check_resume_settings(cfg: TrainConfig, meta: dict[str, Any], tokenizer_sha: str | None,

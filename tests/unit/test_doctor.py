@@ -178,3 +178,16 @@ def test_manifest_ids_tell_a_base_tokenised_manifest_from_an_unused_extension(ho
     assert orm["manifest.new_ids_unused"] == "warn" and "manifest.no_new_ids" not in orm
     # a lower-case base is not IndexTTS2's: its front-end checks do not apply
     assert not any(c.startswith("front_end.") for c in (*amh, *orm))
+
+
+def test_a_run_without_base_language_replay_is_warned_and_one_with_it_is_not():
+    from amhelpers import doctor as d
+
+    without = d.check_retention(d.Setup())
+    assert [(f.check, f.severity) for f in without] == [("retention.no_replay", "warn")]
+    assert "--replay-manifest" in without[0].fix
+    flags, given = d.parse_trainer_command(["--replay-manifest", "eng.jsonl",
+                                            "--replay-fraction", "0.25"])
+    with_replay = d.check_retention(d.Setup(flags=flags, given=given))
+    assert [(f.check, f.severity) for f in with_replay] == [("retention.replay", "info")]
+    assert with_replay[0].evidence == "25% of every batch replays eng.jsonl"

@@ -45,6 +45,8 @@ ALLOWED: dict[str, tuple[type, ...]] = {
     "FREEZE_MODE": (type(None), str),
     "DECAY": (type(None), str),
     "WEIGHT_DECAY": (type(None), float),
+    "REPLAY_FRACTION": (type(None), float),
+    "FREEZE_LAYERS": (type(None), int),
     "MAX_STEPS": (type(None), int),
     "BATCH_SIZE": (type(None), int),
     "SAVE_EVERY": (type(None), int),

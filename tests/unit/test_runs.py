@@ -36,6 +36,12 @@ def test_read_grid_builds_the_product_and_the_extra_points(tmp_path):
     assert runs.point_name(points[1], ["RECIPE", "SEED"]) == "recipe-a_seed-1"
 
 
+
+def test_a_grid_of_points_only_has_just_those_points(tmp_path):
+    grid = write(tmp_path / "g.yaml", "points: [{RECIPE: a}, {RECIPE: b, SEED: 1}]\n")
+    assert runs.read_grid(grid, FAKE) == [{"RECIPE": "a"}, {"RECIPE": "b", "SEED": 1}]
+
+
 @pytest.mark.parametrize("text, message", [
     ("grid: {RECIPE: [a, b]\n", r"--grid .*g.yaml: not valid YAML"),
     ("grid: {LEARNIN_RATE: [1]}\n", r"--grid .*g.yaml: LEARNIN_RATE is not parameters a grid may "
