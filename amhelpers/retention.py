@@ -22,11 +22,11 @@ GOAL_LENGTH_CORR = 0.9
 """English length correlation a retained model keeps (the goal)."""
 GOAL_MCD_MARGIN = 0.03
 """English MCD / random codes may rise this much above the base model's (the goal)."""
-COLUMNS = ["run", "target length corr", "target MCD / random", "English length corr",
-           "English MCD / random", "English val mel loss"]
+COLUMNS = ["run", "target length corr", "target MCD / random", "target PER",
+           "English length corr", "English MCD / random", "English PER", "English val mel loss"]
 """The column names of :func:`points_table` rows (for ``markdown.markdown_table``)."""
-_KEYS = ("amh_length_corr", "amh_mcd_vs_random", "eng_length_corr", "eng_mcd_vs_random",
-         "eng_val_mel_loss")
+_KEYS = ("amh_length_corr", "amh_mcd_vs_random", "amh_per", "eng_length_corr",
+         "eng_mcd_vs_random", "eng_per", "eng_val_mel_loss")
 
 
 def base_english(p: Any) -> dict[str, float]:
@@ -62,16 +62,18 @@ def label(parameters: Mapping[str, Any]) -> str:
 
 
 def point_row(name: str, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """One run's row from its notebook-05 ``summary.json``: target quality, English retention."""
+    """One run's row from its notebook-05 ``summary.json``: target quality, English retention
+    (the phoneme error rates are None for runs recorded before notebook 05 measured them)."""
     gen, eng = summary["generation"], summary["english"]
     return {"run": name, "amh_length_corr": gen["length_corr"],
-            "amh_mcd_vs_random": gen["mcd_vs_random"], "eng_length_corr": eng["length_corr"],
-            "eng_mcd_vs_random": eng["mcd_vs_random"], "eng_val_mel_loss": eng["val_mel_loss"]}
+            "amh_mcd_vs_random": gen["mcd_vs_random"], "amh_per": gen.get("per"),
+            "eng_length_corr": eng["length_corr"], "eng_mcd_vs_random": eng["mcd_vs_random"],
+            "eng_per": eng.get("per"), "eng_val_mel_loss": eng["val_mel_loss"]}
 
 
 def points_table(rows: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
     """:func:`point_row` rows as table rows in :data:`COLUMNS` order."""
-    return [[r["run"], *(r[k] for k in _KEYS)] for r in rows]
+    return [[r["run"], *(r.get(k) for k in _KEYS)] for r in rows]
 
 
 def dominates(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -48,11 +48,11 @@ def test_recommend_takes_the_best_english_among_runs_that_keep_the_target(rows, 
 
 
 def test_points_table_follows_the_columns():
-    summary = {"generation": {"length_corr": 0.9, "mcd_vs_random": 0.7},
+    summary = {"generation": {"length_corr": 0.9, "mcd_vs_random": 0.7, "per": 0.6},
                "english": {"length_corr": 0.8, "mcd_vs_random": 0.6, "val_mel_loss": 2.1}}
     r = retention.point_row("a", summary)
-    assert retention.points_table([r]) == [["a", 0.9, 0.7, 0.8, 0.6, 2.1]]
-    assert len(retention.COLUMNS) == 6
+    assert retention.points_table([r]) == [["a", 0.9, 0.7, 0.6, 0.8, 0.6, None, 2.1]]
+    assert len(retention.COLUMNS) == 8
 
 
 def test_seed_tolerance_is_the_range_of_the_recipe_over_seeds(tmp_path):
