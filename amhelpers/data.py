@@ -265,6 +265,7 @@ class ReplayBatches:
         self.target = LengthBucketBatches(target_lengths, batch_size - k, seed, window)
         self.replay = LengthBucketBatches(replay_lengths, k, seed + 7_919, window)
         self.replay_pass, self.replay_pos = 0, 0
+        self._order: tuple[int, list[int]] = (-1, [])  # (pass, its row order), computed once
 
     def __len__(self) -> int:
         """Number of batches in one epoch (of the target rows)."""
@@ -276,7 +277,9 @@ class ReplayBatches:
         return self.target.epoch
 
     def _replay_order(self, n: int) -> list[int]:
-        return [i for b in self.replay.epoch_batches(n) for i in b]
+        if self._order[0] != n:
+            self._order = (n, [i for b in self.replay.epoch_batches(n) for i in b])
+        return self._order[1]
 
     def _replay_rows(self) -> list[int]:
         """The next ``k`` replay rows (as indices after the target rows)."""
@@ -329,6 +332,11 @@ def training_batches(target_lengths: Sequence[int], batch_size: int, seed: int =
         return ReplayBatches(target_lengths, replay_lengths, batch_size, replay_fraction, seed,
                              window)
     return LengthBucketBatches(target_lengths, batch_size, seed=seed, window=window)
+
+
+def row_lengths(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Each row's packed length, ``len(text_ids) + len(codes)`` (what batches are sorted by)."""
+    return [len(r["text_ids"]) + len(r["codes"]) for r in rows]
 
 
 def collate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

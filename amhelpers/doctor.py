@@ -569,7 +569,9 @@ def check_retention(setup: Setup) -> list[Finding]:
                         f"{f['replay_fraction']:.0%} of every batch replays "
                         f"{f['replay_manifest']}")]
     measured = ""
-    table = Path(__file__).resolve().parent.parent / "docs" / "results" / "retention_full.json"
+    from .runs import RESULTS
+
+    table = RESULTS / "retention_full.json"
     if table.is_file():  # chapter 6b's committed full-profile grid
         done = json.loads(table.read_text(encoding="utf-8"))
         rows = {r["run"]: r for r in done["rows"]}

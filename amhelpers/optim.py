@@ -228,12 +228,12 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def freeze_layers(model: nn.Module, n: int) -> list[str]:
+def freeze_layers(model: nn.Module, n: int) -> None:
     """Keep the first ``n`` transformer blocks still: their parameters stop requiring gradients,
     so no optimizer group holds them (no update, no weight decay; bit-identical).
 
     The blocks are ``model.gpt`` (MiniVoice) or ``model.gpt.h`` (a Hugging Face GPT-2, as in
-    IndexTTS2's UnifiedVoice). Returns the frozen parameters' names.
+    IndexTTS2's UnifiedVoice).
 
     Raises:
         ValueError: the model has no such block list, or fewer than ``n`` blocks.
@@ -245,12 +245,8 @@ def freeze_layers(model: nn.Module, n: int) -> list[str]:
                          ".gpt.h")
     if not 0 <= n <= len(blocks):
         raise ValueError(f"freeze_layers: {n} blocks asked, the model has {len(blocks)}")
-    frozen = []
-    for index in range(n):
-        for name, param in blocks[index].named_parameters():
-            param.requires_grad_(False)
-            frozen.append(f"block {index}: {name}")
-    return frozen
+    for block in blocks[:n]:
+        block.requires_grad_(False)
 
 
 def needs_groups(cfg: Any) -> bool:

@@ -45,9 +45,9 @@ from .markdown import markdown_table
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_train.ipynb"
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
+"""The course's grid files (chapters 6 and 6b per profile, and the complete comparisons)."""
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 """Committed results tables of grids run on the full profile (``docs/results``)."""
-"""The course's grid files (chapter 6's per profile, and the complete comparison)."""
 SECTIONS = ("parameters", "grid", "points")
 # Each point's OUT_DIR is set by the runner; the grid file does not choose it.
 RESERVED = ("OUT_DIR",)

@@ -61,6 +61,7 @@ from amhelpers.data import (
     ReplayBatches,
     collate,
     read_manifest,
+    row_lengths,
     training_batches,
 )
 from amhelpers.freeze import FreezeHandle
@@ -135,8 +136,7 @@ def validation_loss(model: MiniVoice, rows: list[dict[str, Any]], batch_size: in
     counts = {"text": 0, "mel": 0}
     device = next(model.parameters()).device
     try:
-        sampler = LengthBucketBatches([len(r["text_ids"]) + len(r["codes"]) for r in rows],
-                                      batch_size, shuffle=False)
+        sampler = LengthBucketBatches(row_lengths(rows), batch_size, shuffle=False)
         for indices in sampler:
             with on_device(device):
                 out = model(**_model_inputs(collate([rows[i] for i in indices]), device))
@@ -305,11 +305,8 @@ def _prepare(cfg: TrainConfig, output_dir: Path, device: torch.device,
             raise CheckpointMismatchError(f"{flag} {source}: {detail}") from None
     model.to(device).train()
     optimizer, scheduler, freeze = training_optimizer(model, cfg)
-    def lengths(rows: list[dict[str, Any]]) -> list[int]:
-        return [len(r["text_ids"]) + len(r["codes"]) for r in rows]
-
-    sampler = training_batches(lengths(train_rows), cfg.batch_size, cfg.seed, cfg.bucket_window,
-                      lengths(replay_rows), cfg.replay_fraction)
+    sampler = training_batches(row_lengths(train_rows), cfg.batch_size, cfg.seed,
+                               cfg.bucket_window, row_lengths(replay_rows), cfg.replay_fraction)
     meta = {"tokenizer": cfg.tokenizer, "tokenizer_sha256": tokenizer_sha,
             "train_manifest": cfg.train_manifest, "train_config": dataclasses.asdict(cfg)}
     run = _Run(cfg, output_dir, device, model, optimizer, scheduler, freeze, sampler,
