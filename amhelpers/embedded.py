@@ -389,7 +389,7 @@ def run_folder(p: Profile, spec: Recipe, phrases: int | None = None, seed: int |
     base_ckpt = base_model(p, progress)
     # Settings added after the first cached runs enter the key only when set, so those runs
     # keep their keys.
-    later = {"replay_fraction": 0.0, "freeze_layers": 0}
+    later = {"replay_fraction": 0.0, "freeze_layers": 0, "lora_rank": 0}
     shaping = {**{k: v for k, v in asdict(spec).items() if k not in ("name", "steps")
                   and not (k in later and v == later[k])},
                "steps": spec.steps or p.finetune_steps, "seed": p.seed if seed is None else seed,

@@ -631,7 +631,8 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, Any], strict: bo
 
 
 def save_checkpoint(path: str | os.PathLike, model: MiniVoice, *,
-                    train_state: dict[str, Any] | None = None, **meta: Any) -> Path:
+                    train_state: dict[str, Any] | None = None,
+                    weights: Mapping[str, Tensor] | None = None, **meta: Any) -> Path:
     """Save a model with its config, atomically (the file is complete or untouched).
 
     The file is a dict ``{"format", "config", "model", "meta"[, "train_state"]}``; weights sit
@@ -642,12 +643,15 @@ def save_checkpoint(path: str | os.PathLike, model: MiniVoice, *,
         path: the checkpoint file (``*.pt``).
         model: the model to save.
         train_state: optimizer, scheduler, RNG and data state for resuming (trainer only).
+        weights: the weights to store instead of ``model.state_dict()`` (the trainer's LoRA
+            runs give the merged ones).
         **meta: JSON-like metadata (step, tokenizer path and sha256, metrics, ...).
 
     Returns:
         The path written.
     """
-    weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if weights is None:
+        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return save_minivoice(path, model.config.to_dict(), weights, meta, train_state)
 
 

@@ -65,6 +65,7 @@ class Recipe:
     pretrained: bool = True         # False: the same model trained from scratch (no English base)
     replay_fraction: float = 0.0    # share of each batch that is base-language (English) replay
     freeze_layers: int = 0          # the first N transformer blocks kept still
+    lora_rank: int = 0              # LoRA adapters of this rank train instead of the blocks
 
     def learning_rates(self, pretrain_lr: float) -> tuple[float, float | None]:
         """``(learning_rate, new_row_lr)`` on a model pretrained at ``pretrain_lr``."""
@@ -91,7 +92,8 @@ class Recipe:
             freeze_mode=self.freeze or "exact", decay=self.decay,
             weight_decay=self.weight_decay, warmup_steps=warmup, new_rows_only_steps=new_only,
             text_loss_weight=self.text_loss_weight, mel_loss_weight=self.mel_loss_weight,
-            replay_fraction=self.replay_fraction, freeze_layers=self.freeze_layers, **run)
+            replay_fraction=self.replay_fraction, freeze_layers=self.freeze_layers,
+            lora_rank=self.lora_rank, **run)
 
 
 def mapping_rows(recipes: list[Recipe], pretrain_lr: float, steps: int) -> list[tuple]:
@@ -172,14 +174,14 @@ def with_settings(preset: Recipe, pretrain_lr: float, steps: int, **settings: An
         settings: any of ``init``, ``learning_rate``, ``new_row_lr``, ``text_loss_weight``,
             ``mel_loss_weight``, ``warmup_steps``, ``new_rows_only_steps``, ``freeze_mode``
             (``"none"``: no freeze), ``decay``, ``weight_decay``, ``replay_fraction``,
-            ``freeze_layers``.
+            ``freeze_layers``, ``lora_rank``.
 
     Raises:
         ValueError: an unknown setting, or a value out of range (named with the allowed ones).
     """
     known = {"init", "learning_rate", "new_row_lr", "text_loss_weight", "mel_loss_weight",
              "warmup_steps", "new_rows_only_steps", "freeze_mode", "decay", "weight_decay",
-             "replay_fraction", "freeze_layers"}
+             "replay_fraction", "freeze_layers", "lora_rank"}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ValueError(f"unknown recipe setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -192,9 +194,9 @@ def with_settings(preset: Recipe, pretrain_lr: float, steps: int, **settings: An
     if "replay_fraction" in given and not 0 <= given["replay_fraction"] < 1:
         raise ValueError(f"replay_fraction={given['replay_fraction']!r} must be in [0, 1): the "
                          "share of each batch that is base-language replay")
-    if "freeze_layers" in given and not (isinstance(given["freeze_layers"], int)
-                                         and given["freeze_layers"] >= 0):
-        raise ValueError(f"freeze_layers={given['freeze_layers']!r} must be a whole number >= 0")
+    for name in ("freeze_layers", "lora_rank"):
+        if name in given and not (isinstance(given[name], int) and given[name] >= 0):
+            raise ValueError(f"{name}={given[name]!r} must be a whole number >= 0")
     for name in ("warmup_steps", "new_rows_only_steps"):
         if name in given and not 0 <= given[name] <= steps:
             raise ValueError(f"{name}={given[name]!r} must be between 0 and the run's {steps} steps")
@@ -212,7 +214,7 @@ def with_settings(preset: Recipe, pretrain_lr: float, steps: int, **settings: An
     if "freeze_mode" in given:
         changes["freeze"] = None if given["freeze_mode"] == "none" else given["freeze_mode"]
     for name in ("decay", "weight_decay", "text_loss_weight", "mel_loss_weight",
-                 "replay_fraction", "freeze_layers"):
+                 "replay_fraction", "freeze_layers", "lora_rank"):
         if name in given:
             changes[name] = given[name]
     return dataclasses.replace(preset, steps=steps, **changes)

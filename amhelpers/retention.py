@@ -55,6 +55,7 @@ def label(parameters: Mapping[str, Any]) -> str:
             continue
         words.append({"REPLAY_FRACTION": f"replay {value:g}",
                       "FREEZE_LAYERS": f"{value} blocks frozen",
+                      "LORA_RANK": f"LoRA rank {value}",
                       "LEARNING_RATE": ("new rows only" if value == 0
                                         else f"backbone lr {value:g}")
                       }.get(key, f"{key.lower()} {value}"))

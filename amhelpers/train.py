@@ -11,9 +11,9 @@ release model and barely moves a small one), warmup 100, loss = 0.1 text + 1.0 m
 What a run does:
 
 - AdamW (weight decay on every parameter, as the IndexTTS2 trainer does), linear warmup then
-  cosine decay to zero at ``max_steps``, gradient clipping; the freeze of the base rows, the
-  new-row learning rate, the decay policy and a staged new-rows-first schedule are settings
-  of :class:`TrainConfig` too (:func:`amhelpers.optim.training_optimizer` builds them);
+  cosine decay to zero at ``max_steps``, gradient clipping; the base rows' freeze, new-row
+  rate, decay policy, staged schedule, frozen blocks and LoRA adapters (:mod:`amhelpers.lora`,
+  merged on save) are settings of :class:`TrainConfig` too;
 - length-bucketed batches (:class:`amhelpers.data.LengthBucketBatches`, sorted by
   ``n_text + n_codes``: the model packs text and codes into one sequence), seeded; with
   ``--replay-manifest`` a set share of every batch is base-language rows
@@ -45,8 +45,9 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ from amhelpers.data import (
 )
 from amhelpers.freeze import FreezeHandle
 from amhelpers.io import atomic_write, check_output_dir, same_file, sha256_file
+from amhelpers.lora import add_lora, lora_state, merged_state_dict
 from amhelpers.model import CheckpointMismatchError, MiniVoice, save_checkpoint
 from amhelpers.optim import training_optimizer, warmup_cosine
 from amhelpers.rundir import (
@@ -303,6 +305,9 @@ def _prepare(cfg: TrainConfig, output_dir: Path, device: torch.device,
         except CheckpointMismatchError as err:  # one line: the CLI prints it as `error: ...`
             detail = "; ".join(x.strip() for x in str(err).splitlines() if x.strip())
             raise CheckpointMismatchError(f"{flag} {source}: {detail}") from None
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha,
+                 resume=(resume_path, payload["train_state"]) if resume_path else None)
     model.to(device).train()
     optimizer, scheduler, freeze = training_optimizer(model, cfg)
     sampler = training_batches(row_lengths(train_rows), cfg.batch_size, cfg.seed,
@@ -406,8 +411,11 @@ def _loop(run: _Run, on_step: StepHook | None) -> dict[str, Any]:
                                "sampler": run.sampler.state_dict(),
                                "rng": _rng_state(run.device), "step": run.step,
                                "wall_s": wall(), "window": dataclasses.asdict(run.window)})
-        save_checkpoint(path, model, train_state=train_state, step=run.step, val=last_val,
-                        train=last_train, **run.meta)
+        weights = merged_state_dict(model) if cfg.lora_rank else None  # LoRA: merge on save
+        if cfg.lora_rank:  # and the unmerged layers and adapters go with the training state
+            train_state["lora"] = lora_state(model, cfg.lora_rank, cfg.lora_alpha)
+        save_checkpoint(path, model, weights=weights, train_state=train_state, step=run.step,
+                        val=last_val, train=last_train, **run.meta)
         write_latest(run.output_dir, run.step, path, wall())
         prune(run.output_dir, cfg.keep_last, current=path)  # after latest.json names the new one
         return path
@@ -418,7 +426,7 @@ def _loop(run: _Run, on_step: StepHook | None) -> dict[str, Any]:
             run.freeze.attach(optimizer)
         if run.val_rows and run.step == 0:
             last_val = validate()
-        batches = _endless(run.sampler)
+        batches = chain.from_iterable(repeat(run.sampler))  # epoch after epoch
         while run.step < cfg.max_steps:
             if cfg.max_minutes is not None and time.monotonic() - started >= 60 * cfg.max_minutes:
                 stopped = "max_minutes"
@@ -479,11 +487,6 @@ def _step(run: _Run, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], to
     run.scheduler.step()
     run.step += 1
     return out, loss, grad_norm, lr
-
-
-def _endless(sampler: LengthBucketBatches | ReplayBatches) -> Iterator[list[int]]:
-    while True:
-        yield from sampler
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -112,6 +112,12 @@ class TrainConfig:
                                     "everything (a staged schedule)", default=0, type=int)
     freeze_layers: int = _opt("keep the first N transformer blocks frozen (not trained, no "
                               "weight decay): a retention lever, chapter 6b", default=0, type=int)
+    lora_rank: int = _opt("train LoRA adapters of this rank (PEFT) on the transformer blocks' "
+                          "Linear layers instead of the blocks themselves; 0 = off. The text "
+                          "tables and heads train as the other settings say; checkpoints hold "
+                          "the merged weights (chapter 6b)", default=0, type=int)
+    lora_alpha: float = _opt("LoRA scale numerator: the update is (alpha / rank) * B @ A",
+                             default=16.0, type=float)
     bucket_window: int = _opt("batches per length-sorting window", default=50, type=int)
     device: str = _opt("where to train: auto (cuda if a GPU is visible, else cpu), cpu, cuda "
                        "or cuda:N", default="auto", type=str)
@@ -131,7 +137,8 @@ class TrainConfig:
                      "bucket_window"):
             if not _is_int(getattr(self, name), minimum=1):
                 bad.append(f"{_flag(name)}={getattr(self, name)} (must be a whole number >= 1)")
-        for name in ("warmup_steps", "val_every", "new_rows_only_steps", "freeze_layers"):
+        for name in ("warmup_steps", "val_every", "new_rows_only_steps", "freeze_layers",
+                     "lora_rank"):
             if not _is_int(getattr(self, name), minimum=0):
                 bad.append(f"{_flag(name)}={getattr(self, name)} (must be a whole number >= 0)")
         if self.freeze_base_rows is not None and not _is_int(self.freeze_base_rows, minimum=1):
@@ -159,6 +166,11 @@ class TrainConfig:
         elif self.replay_manifest and self.replay_fraction == 0:
             bad.append(f"--replay-manifest={self.replay_manifest} with --replay-fraction 0 "
                        "(give the share of each batch to replay, e.g. 0.25, or drop the manifest)")
+        if not _is_number(self.lora_alpha, minimum=0.0, strict=True):
+            bad.append(f"--lora-alpha={self.lora_alpha} (must be a finite number > 0)")
+        if _is_int(self.lora_rank, minimum=1) and _is_int(self.freeze_layers, minimum=1):
+            bad.append(f"--lora-rank={self.lora_rank} with --freeze-layers={self.freeze_layers} "
+                       "(LoRA already keeps every block's own weights still; choose one)")
         if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
             bad.append(f"--device={self.device!r} (choose auto, cpu, cuda or cuda:N)")
         for name, allowed in (("freeze_mode", FREEZE_MODES), ("decay", DECAY_POLICIES),
@@ -412,7 +424,7 @@ RESUME_MUST_MATCH = ("learning_rate", "new_row_lr", "text_loss_weight", "mel_los
                      "guided_attention_weight", "guided_attention_sigma", "warmup_steps",
                      "weight_decay", "batch_size", "grad_clip", "freeze_base_rows", "freeze_mode",
                      "decay", "new_rows_only_steps", "seed", "bucket_window",
-                     "replay_fraction", "freeze_layers")
+                     "replay_fraction", "freeze_layers", "lora_rank", "lora_alpha")
 
 
 def check_resume_settings(cfg: TrainConfig, meta: dict[str, Any], tokenizer_sha: str | None,

@@ -20,6 +20,14 @@ order of the modes. Lines:
 - ``{"bench": "unifiedvoice_freeze_optimizer_state", "mode", "table_state_bytes",
   "total_state_bytes", "base_rows_bit_identical", ...}``.
 
+When ``peft`` is installed, a fifth mode, ``peft-trainable-tokens``, wraps ``text_embedding``
+and ``text_head`` in PEFT's TrainableTokens for the new rows (``inject_adapter_in_model``; the
+rest of the model trains as in the other modes) and its state line adds what a trainer must
+know before choosing it: ``state_dict_keys_unchanged`` (False: the tables' keys gain
+``base_layer`` and the adapter's own keys), ``head_bias_in_forward`` (whether the wrapped
+head's output still adds ``text_head.bias``) and ``head_bias_trained``. The wrapping is taken
+off after each of its turns.
+
     python benchmarks/bench_unifiedvoice.py [--config config.yaml] [--rounds 3] [--steps 2]
 """
 
@@ -45,7 +53,9 @@ from torch import nn
 from amhelpers.freeze import DEFAULT_NAMES, freeze_base_rows
 
 MODES = ("none", "hook", "exact", "exact-sparse")
+PEFT_MODE = "peft-trainable-tokens"
 GOAL = 1.03
+TABLES = ("text_embedding", "text_head")
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -70,6 +80,40 @@ def build(config: Path, text_tokens: int, seed: int = 0) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return cls(**gpt).train()
+
+
+def wrap_trainable_tokens(model: nn.Module, base_rows: int) -> dict[str, object]:
+    """PEFT's TrainableTokens on the text tables' rows ``[base_rows, rows)``; every other
+    parameter keeps its ``requires_grad`` (PEFT would freeze them). Returns what the wrapping
+    changes: the state-dict keys, and whether the head's forward still adds its bias."""
+    import peft
+
+    keys = set(model.state_dict())
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    rows = model.text_embedding.weight.shape[0]
+    x = torch.randn(2, model.text_head.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = model.text_head(x)
+    peft.inject_adapter_in_model(peft.TrainableTokensConfig(
+        target_modules=list(TABLES), token_indices=list(range(base_rows, rows))), model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("trainable_tokens_delta" in name
+                         or (".base_layer." not in name and trainable.get(name, True)))
+    with torch.no_grad():
+        wrapped = model.text_head(x)
+    return {"peft_version": peft.__version__,
+            "state_dict_keys_unchanged": set(model.state_dict()) == keys,
+            "state_dict_keys_added": sorted(set(model.state_dict()) - keys)[:4],
+            "head_bias_in_forward": bool(torch.allclose(plain, wrapped, atol=1e-6)),
+            "head_bias_trained": bool(model.text_head.base_layer.bias.requires_grad)}
+
+
+def unwrap_trainable_tokens(model: nn.Module, trainable: bool = True) -> None:
+    """Take the TrainableTokens wrapping off (the base tables were never changed)."""
+    for name in TABLES:
+        base = getattr(model, name).base_layer
+        base.requires_grad_(trainable)
+        setattr(model, name, base)
 
 
 def loss_of(model: nn.Module, batch: dict[str, torch.Tensor], cond_len: int = 32) -> torch.Tensor:
@@ -135,24 +179,46 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
         return (time.perf_counter() - t0) / n
 
-    times: dict[str, list[float]] = {m: [] for m in MODES}
+    try:
+        import peft  # noqa: F401
+        modes = (*MODES, PEFT_MODE)
+    except ImportError:
+        modes = MODES
+        print(json.dumps({"bench": "unifiedvoice_freeze_note",
+                          "note": f"peft is not installed: {PEFT_MODE} not measured"}))
+    times: dict[str, list[float]] = {m: [] for m in modes}
     state: dict[str, dict] = {}
-    order = list(MODES)
+    order = list(modes)
     rng = random.Random(0)
     for _ in range(args.rounds):
         rng.shuffle(order)
         for mode in order:
-            handle = None if mode == "none" else freeze_base_rows(model, base_rows, mode=mode)
-            params = handle.parameters(model) if handle else list(model.parameters())
+            before = {n: model.get_parameter(n).detach()[:base_rows].clone() for n in DEFAULT_NAMES}
+            handle, extra = None, {}
+            if mode == PEFT_MODE:
+                extra = wrap_trainable_tokens(model, base_rows)
+                params = [p for p in model.parameters() if p.requires_grad]
+                tables = [p for n, p in model.named_parameters() if "trainable_tokens_delta" in n]
+            else:
+                handle = None if mode == "none" else freeze_base_rows(model, base_rows, mode=mode)
+                params = handle.parameters(model) if handle else list(model.parameters())
+                tables = [model.get_parameter(n) for n in DEFAULT_NAMES]
             opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
             if handle is not None:
                 handle.attach(opt)
-            before = {n: model.get_parameter(n).detach()[:base_rows].clone() for n in DEFAULT_NAMES}
             steps(opt, 1)  # untimed: Adam allocates its state
             times[mode].append(steps(opt, args.steps))
-            tables = [model.get_parameter(n) for n in DEFAULT_NAMES]
-            identical = all(torch.equal(_bits(model.get_parameter(n).detach()[:base_rows]),
-                                        _bits(before[n])) for n in DEFAULT_NAMES)
+            if mode == PEFT_MODE:  # the rows the forward uses: the base table's, merged
+                merged = {f"{t}.weight": getattr(model, t).get_merged_weights(["default"])
+                          for t in TABLES}
+                identical = all(torch.equal(_bits(merged[n].detach()[:base_rows]), _bits(before[n]))
+                                for n in ("text_embedding.weight", "text_head.weight"))
+                identical = identical and torch.equal(
+                    _bits(model.text_head.base_layer.bias.detach()[:base_rows]),
+                    _bits(before["text_head.bias"]))
+            else:
+                identical = all(torch.equal(_bits(model.get_parameter(n).detach()[:base_rows]),
+                                            _bits(before[n])) for n in DEFAULT_NAMES)
             finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters()
                          if p.grad is not None)
             state[mode] = {
@@ -160,16 +226,18 @@ def main(argv: list[str] | None = None) -> int:
                                       else _state_bytes(opt, tables)),
                 "total_state_bytes": _state_bytes(opt, [p for g in opt.param_groups
                                                         for p in g["params"]]),
-                "base_rows_bit_identical": bool(identical), "grads_finite": finite}
+                "base_rows_bit_identical": bool(identical), "grads_finite": finite, **extra}
             if handle is not None:
                 handle.remove()
+            if mode == PEFT_MODE:
+                unwrap_trainable_tokens(model)
             del opt, handle
 
     common = {"model": "UnifiedVoice (real class, config.yaml)", "parameters": n_params,
               "text_rows": rows, "base_rows": base_rows, "device": "cpu",
               "threads": torch.get_num_threads(), "batch": 1, "text_len": args.text_len,
               "mel_len": args.mel_len, "rounds": args.rounds, "steps_per_round": args.steps}
-    for mode in MODES:
+    for mode in modes:
         ratios = [t / n for t, n in zip(times[mode], times["none"])]
         print(json.dumps({"bench": "unifiedvoice_freeze_step_time", "mode": mode, **common,
                           "median_step_s": round(statistics.median(times[mode]), 3),
@@ -180,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                                        if mode in ("exact", "exact-sparse") else None)}),
               flush=True)
     none_bytes = state["none"]["table_state_bytes"]
-    for mode in MODES:
+    for mode in modes:
         print(json.dumps({"bench": "unifiedvoice_freeze_optimizer_state", "mode": mode, **common,
                           **state[mode], "table_state_ratio_vs_none":
                           round(state[mode]["table_state_bytes"] / none_bytes, 4),

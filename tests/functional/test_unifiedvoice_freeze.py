@@ -115,3 +115,44 @@ def test_missing_package_names_the_setup_command(monkeypatch):
     with pytest.raises(ImportError, match=r"python -m amhelpers\.setup --extras dev,indextts"):
         load_unifiedvoice_class()
     assert "indextts" not in sys.modules
+
+
+def test_real_size_benchmark_runs_small_and_measures_peft_trainable_tokens(
+        unifiedvoice_cls, tmp_path, capsys):
+    """benchmarks/bench_unifiedvoice.py on a tiny config.yaml: every mode's lines, exact modes
+    bit-identical, and PEFT's TrainableTokens beside them (keys changed, the head's bias)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from amhelpers.indextts import tiny_config
+
+    pytest.importorskip("peft")
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import bench_unifiedvoice
+    finally:
+        sys.path.remove(str(bench))
+    gpt = {k: v for k, v in tiny_config(BASE_TOKENS).items() if k != "checkpointing"}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"gpt": gpt}), encoding="utf-8")
+    assert bench_unifiedvoice.main(["--config", str(config), "--base-tokens", str(BASE_TOKENS),
+                                    "--text-tokens", str(BASE_TOKENS + NEW_TOKENS),
+                                    "--rounds", "1", "--steps", "1", "--text-len", "8",
+                                    "--mel-len", "16", "--threads", "1"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    state = {x["mode"]: x for x in lines if x["bench"] == "unifiedvoice_freeze_optimizer_state"}
+    assert set(state) == {"none", "hook", "exact", "exact-sparse", "peft-trainable-tokens"}
+    assert state["exact"]["base_rows_bit_identical"] and state["exact-sparse"]["base_rows_bit_identical"]
+    assert not state["none"]["base_rows_bit_identical"]
+    peft_line = state["peft-trainable-tokens"]
+    assert peft_line["base_rows_bit_identical"] and peft_line["grads_finite"]
+    assert peft_line["state_dict_keys_unchanged"] is False
+    # optimizer state of the tables: Adam's two moments of the rows past the base ones (the new
+    # pieces and the "+1" row that moved on) in the embedding and the head weight, float32
+    new_rows = BASE_TOKENS + NEW_TOKENS + 1 - BASE_TOKENS
+    assert peft_line["table_state_bytes"] == 2 * 2 * new_rows * gpt["model_dim"] * 4
+    assert isinstance(peft_line["head_bias_in_forward"], bool)

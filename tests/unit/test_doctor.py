@@ -191,3 +191,7 @@ def test_a_run_without_base_language_replay_is_warned_and_one_with_it_is_not():
     with_replay = d.check_retention(d.Setup(flags=flags, given=given))
     assert [(f.check, f.severity) for f in with_replay] == [("retention.replay", "info")]
     assert with_replay[0].evidence == "25% of every batch replays eng.jsonl"
+    flags, given = d.parse_trainer_command(["--lora-rank", "8"])
+    lora_only = d.check_retention(d.Setup(flags=flags, given=given))
+    assert [f.check for f in lora_only] == ["retention.no_replay"]
+    assert "--lora-rank 8 does not replace it" in lora_only[0].evidence

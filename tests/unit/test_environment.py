@@ -34,6 +34,7 @@ CONDA_FORGE = {
     "voila",  # conda install -c conda-forge voila (Voila's README)
     "selenium",  # anaconda.org/conda-forge/selenium (noarch 4.41.0)
     "jiwer",  # anaconda.org/conda-forge/jiwer (noarch 4.0.0)
+    "peft",  # anaconda.org/conda-forge/peft (noarch 0.19.1)
 }
 # Packages of other channels that conda-forge does not have.
 NOT_CONDA_FORGE = {"cpuonly", "pytorch-cuda", "cudatoolkit"}

@@ -47,6 +47,7 @@ ALLOWED: dict[str, tuple[type, ...]] = {
     "WEIGHT_DECAY": (type(None), float),
     "REPLAY_FRACTION": (type(None), float),
     "FREEZE_LAYERS": (type(None), int),
+    "LORA_RANK": (type(None), int),
     "MAX_STEPS": (type(None), int),
     "BATCH_SIZE": (type(None), int),
     "SAVE_EVERY": (type(None), int),

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from test_train import assert_identical, config, synthetic_rows, weights
+from test_train import assert_identical, config, stop_at, synthetic_rows, weights
 
 from amhelpers import recipes
 from amhelpers.data import LengthBucketBatches, ReplayBatches, training_batches, write_manifest
@@ -110,13 +110,7 @@ def test_replay_changes_the_run_and_resumes_bit_identically(tmp_path, replay_man
     assert mixed["val"]["loss"] != plain["val"]["loss"]  # the replay rows were trained on
     # Die at step 6 (the last checkpoint is step 4), resume: the whole run's weights.
     part = dataclasses.replace(mixed_cfg, output_dir=str(tmp_path / "part"))
-
-    def die(model, optimizer, step):
-        if step == 6:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(part, on_step=die)
+    stop_at(part, 6)
     with pytest.raises(ValueError, match="--replay-fraction 0.5"):  # not another fraction
         train(dataclasses.replace(part, replay_fraction=0.5, resume="auto"))
     resumed = train(dataclasses.replace(part, resume="auto"))

@@ -73,3 +73,5 @@ def test_label_names_what_a_point_changes_in_the_recipe():
     assert retention.label({"RECIPE": "fix", "LEARNING_RATE": 0.0}) == "fix, new rows only"
     assert retention.label({"RECIPE": "fix", "LEARNING_RATE": 5e-5, "SEED": 1}) == \
         "fix, backbone lr 5e-05, seed 1"
+    assert retention.label({"RECIPE": "fix", "LORA_RANK": 8, "LEARNING_RATE": 1e-3}) == \
+        "fix, backbone lr 0.001, LoRA rank 8"

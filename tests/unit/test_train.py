@@ -52,6 +52,17 @@ def config(manifests, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def stop_at(cfg: TrainConfig, step: int) -> None:
+    """Train ``cfg`` and stop it (KeyboardInterrupt) once optimizer step ``step`` is done, as a
+    killed run stops: the checkpoints written before it stay."""
+    def die(model, optimizer, at):
+        if at == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step=die)
+
+
 def weights(checkpoint: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(checkpoint)[0].state_dict()
 
@@ -519,14 +530,8 @@ def test_guided_attention_flag_trains_the_alignment_and_resumes_exactly(manifest
     assert all(r["loss"] > r["mel_loss"] for r in rows if r["split"] == "train")
 
     straight = train(config(manifests, tmp_path / "a", guided_attention_weight=0.5))
-
-    def crash(model, optimizer, step):
-        if step == 6:  # after the checkpoint of step 4
-            raise KeyboardInterrupt
-
     cfg = config(manifests, tmp_path / "b", guided_attention_weight=0.5)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_step=crash)
+    stop_at(cfg, 6)  # after the checkpoint of step 4
     cfg.resume = "auto"
     resumed = train(cfg)
     assert_identical(weights(straight["checkpoint"]), weights(resumed["checkpoint"]))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import TINY, assert_identical, config, synthetic_rows, weights
+from test_train import TINY, assert_identical, config, stop_at, synthetic_rows, weights
 from torch.overrides import TorchFunctionMode
 
 from amhelpers import __main__ as cli
@@ -96,13 +96,7 @@ def test_checkpoints_hold_cpu_tensors_and_resume_on_another_device_setting(manif
     """A run saved under ``auto`` resumes under ``cpu`` from a file loaded with map_location."""
     model = {**TINY, "dropout": 0.1}
     straight = train(config(manifests, tmp_path / "a", model=model, device="cpu"))
-
-    def crash(model, optimizer, step):
-        if step == 6:  # the checkpoint of step 4 exists
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config(manifests, tmp_path / "b", model=model, device="auto"), on_step=crash)
+    stop_at(config(manifests, tmp_path / "b", model=model, device="auto"), 6)  # after step 4's save
     saved = torch.load(tmp_path / "b" / "ckpt_00000004.pt", map_location="cpu",
                        weights_only=True)
     devices = {t.device.type for t in all_tensors(saved)}
@@ -118,13 +112,7 @@ def test_bf16_autocast_trains_and_resumes_exactly(manifests, tmp_path):
         weights(straight["checkpoint"])["mel_head.weight"]).all()
     assert not torch.equal(weights(plain["checkpoint"])["mel_head.weight"],
                            weights(straight["checkpoint"])["mel_head.weight"])
-
-    def crash(model, optimizer, step):
-        if step == 6:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config(manifests, tmp_path / "b", amp="bf16"), on_step=crash)
+    stop_at(config(manifests, tmp_path / "b", amp="bf16"), 6)
     resumed = train(config(manifests, tmp_path / "b", amp="bf16", resume="auto"))
     assert_identical(weights(straight["checkpoint"]), weights(resumed["checkpoint"]))
     for weight in weights(resumed["checkpoint"]).values():
