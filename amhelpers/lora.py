@@ -8,8 +8,9 @@ GPT-2's in IndexTTS2's UnifiedVoice) at its pretrained weights and trains a low-
 blocks trains as the recipe says: the text tables (their new rows, with the freeze of the base
 rows), the mel table, the position tables, the final norm and the heads.
 
-PEFT marks every non-adapter parameter frozen; :func:`add_lora` gives the parameters outside
-the blocks back their earlier ``requires_grad``.
+PEFT marks every non-adapter parameter frozen; :func:`inject_adapters` (which
+``benchmarks/bench_unifiedvoice.py`` also uses for PEFT's TrainableTokens) gives the other
+parameters back their earlier ``requires_grad``.
 
 Checkpoints stay plain MiniVoice checkpoints (merge on save): ``"model"`` holds the merged
 weights ``W + (alpha / R) * B @ A`` under the usual names, so generation, evaluation and every
@@ -21,11 +22,13 @@ which :func:`load_lora_state` puts back.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from amhelpers.optim import transformer_blocks
 
 LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 """The Linear layers of a transformer block that get an adapter."""
@@ -40,18 +43,17 @@ def _peft() -> Any:
     return peft
 
 
-def block_prefix(model: nn.Module) -> str:
-    """Where the transformer blocks are: ``gpt`` (MiniVoice) or ``gpt.h`` (GPT-2).
+def inject_adapters(model: nn.Module, config: Any, still: Callable[[str], bool]) -> None:
+    """PEFT's ``inject_adapter_in_model(config, model)``, keeping every flag PEFT should not set.
 
-    Raises:
-        ValueError: the model has no block list at ``.gpt`` or ``.gpt.h``.
+    PEFT leaves only its adapters trainable. Here the new adapter parameters train, the
+    parameters for which ``still(name)`` holds stop, and every other parameter keeps the
+    ``requires_grad`` it had before.
     """
-    gpt = getattr(model, "gpt", None)
-    if isinstance(getattr(gpt, "h", None), nn.ModuleList):
-        return "gpt.h"
-    if isinstance(gpt, nn.ModuleList):
-        return "gpt"
-    raise ValueError("LoRA: the model has no transformer block list at .gpt or .gpt.h")
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    _peft().inject_adapter_in_model(config, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(False if still(name) else before.get(name, True))
 
 
 def has_lora(model: nn.Module) -> bool:
@@ -83,19 +85,15 @@ def add_lora(model: nn.Module, rank: int, alpha: float,
         raise ValueError(f"LoRA: rank={rank!r} must be a whole number >= 1 and alpha={alpha!r} > 0")
     if has_lora(model):
         raise ValueError("LoRA: the model already has adapters")
-    prefix = block_prefix(model)
-    peft = _peft()
-    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        prefix, _ = transformer_blocks(model)
+    except ValueError as err:
+        raise ValueError(f"LoRA: {err}") from None
     pattern = rf"{re.escape(prefix)}\.\d+\.({'|'.join(re.escape(x) for x in LAYERS)})"
-    peft.inject_adapter_in_model(
-        peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=pattern),
-        model)
     in_blocks = re.compile(rf"{re.escape(prefix)}\.\d+\.")
-    for name, p in model.named_parameters():
-        if ".lora_A." in name or ".lora_B." in name:
-            p.requires_grad_(True)
-        else:
-            p.requires_grad_(False if in_blocks.match(name) else before[name])
+    inject_adapters(model, _peft().LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                              target_modules=pattern),
+                    lambda name: bool(in_blocks.match(name)) and ".lora_" not in name)
     if resume is not None:
         path, state = resume
         if "lora" not in state:
@@ -160,12 +158,3 @@ def load_lora_state(model: nn.Module, state: Mapping[str, Any]) -> None:
                          f"{state.get('rank')}): missing {missing[:3]}, unexpected or "
                          f"reshaped {wrong[:3]}")
     model.load_state_dict(dict(tensors), strict=False)
-
-
-def trainable_share(model: nn.Module) -> dict[str, int]:
-    """Parameter counts: ``adapters``, ``trainable`` (adapters included) and ``total``
-    (base weights only: adapters not counted)."""
-    adapters = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters()) - adapters
-    return {"adapters": adapters, "trainable": trainable, "total": total}

@@ -228,6 +228,21 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The transformer blocks and their name: ``gpt`` (MiniVoice) or ``gpt.h`` (a Hugging Face
+    GPT-2, as in IndexTTS2's UnifiedVoice).
+
+    Raises:
+        ValueError: the model has no block list at ``.gpt`` or ``.gpt.h``.
+    """
+    gpt = getattr(model, "gpt", None)
+    if isinstance(getattr(gpt, "h", None), nn.ModuleList):
+        return "gpt.h", gpt.h
+    if isinstance(gpt, nn.ModuleList):
+        return "gpt", gpt
+    raise ValueError("the model has no transformer block list at .gpt or .gpt.h")
+
+
 def freeze_layers(model: nn.Module, n: int) -> None:
     """Keep the first ``n`` transformer blocks still: their parameters stop requiring gradients,
     so no optimizer group holds them (no update, no weight decay; bit-identical).
@@ -238,11 +253,10 @@ def freeze_layers(model: nn.Module, n: int) -> None:
     Raises:
         ValueError: the model has no such block list, or fewer than ``n`` blocks.
     """
-    blocks = getattr(model, "gpt", None)
-    blocks = getattr(blocks, "h", blocks)
-    if not isinstance(blocks, nn.ModuleList):
-        raise ValueError("freeze_layers: the model has no transformer block list at .gpt or "
-                         ".gpt.h")
+    try:
+        _, blocks = transformer_blocks(model)
+    except ValueError as err:
+        raise ValueError(f"freeze_layers: {err}") from None
     if not 0 <= n <= len(blocks):
         raise ValueError(f"freeze_layers: {n} blocks asked, the model has {len(blocks)}")
     for block in blocks[:n]:

@@ -411,9 +411,10 @@ def _loop(run: _Run, on_step: StepHook | None) -> dict[str, Any]:
                                "sampler": run.sampler.state_dict(),
                                "rng": _rng_state(run.device), "step": run.step,
                                "wall_s": wall(), "window": dataclasses.asdict(run.window)})
-        weights = merged_state_dict(model) if cfg.lora_rank else None  # LoRA: merge on save
-        if cfg.lora_rank:  # and the unmerged layers and adapters go with the training state
-            train_state["lora"] = lora_state(model, cfg.lora_rank, cfg.lora_alpha)
+        weights = None
+        if cfg.lora_rank:  # merge on save; the unmerged layers and adapters go with the state
+            weights, train_state["lora"] = (merged_state_dict(model),
+                                            lora_state(model, cfg.lora_rank, cfg.lora_alpha))
         save_checkpoint(path, model, weights=weights, train_state=train_state, step=run.step,
                         val=last_val, train=last_train, **run.meta)
         write_latest(run.output_dir, run.step, path, wall())

@@ -51,6 +51,7 @@ from gpu_freeze import _state_bytes, synthetic_batches
 from torch import nn
 
 from amhelpers.freeze import DEFAULT_NAMES, freeze_base_rows
+from amhelpers.lora import inject_adapters
 
 MODES = ("none", "hook", "exact", "exact-sparse")
 PEFT_MODE = "peft-trainable-tokens"
@@ -89,16 +90,13 @@ def wrap_trainable_tokens(model: nn.Module, base_rows: int) -> dict[str, object]
     import peft
 
     keys = set(model.state_dict())
-    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     rows = model.text_embedding.weight.shape[0]
     x = torch.randn(2, model.text_head.in_features, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         plain = model.text_head(x)
-    peft.inject_adapter_in_model(peft.TrainableTokensConfig(
-        target_modules=list(TABLES), token_indices=list(range(base_rows, rows))), model)
-    for name, p in model.named_parameters():
-        p.requires_grad_("trainable_tokens_delta" in name
-                         or (".base_layer." not in name and trainable.get(name, True)))
+    inject_adapters(model, peft.TrainableTokensConfig(
+        target_modules=list(TABLES), token_indices=list(range(base_rows, rows))),
+        still=lambda name: ".base_layer." in name)
     with torch.no_grad():
         wrapped = model.text_head(x)
     return {"peft_version": peft.__version__,
