@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .io import check_output_dir, write_text_atomic
+from .io import check_output_dir, check_output_file, write_text_atomic
 from .markdown import markdown_table
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_train.ipynb"
@@ -54,6 +54,9 @@ RESERVED = ("OUT_DIR",)
 RESULT_KEYS = ("steps", "wall_s", "learning_rate", "new_row_lr")
 GENERATION_KEYS = ("length_ratio", "length_corr", "length_corr_chars", "mcd_vs_random", "per", "hit_cap")
 ENGLISH_KEYS = ("val_mel_loss", "length_corr", "mcd_vs_random", "per")  # English retention
+TABLE_PATHS = ("val.mel_loss", "generation.length_corr", "generation.mcd_vs_random", "generation.per",
+               "english.val_mel_loss", "english.length_corr", "english.mcd_vs_random", "english.per")
+"""The results ``runs --table`` writes (:func:`write_results_csv`), as dotted paths."""
 
 
 def notebook_parameters(notebook: Path) -> dict[str, Any]:
@@ -306,6 +309,26 @@ def values_by(report: dict[str, Any], path: str, by: tuple[str, ...] = ("RECIPE"
     return groups
 
 
+def best_of(groups: dict[tuple[Any, ...], list[float]], regime: Any, higher: bool = False
+            ) -> dict[str, Any] | None:
+    """The best and the runner-up recipe of one data regime by their mean over seeds, from
+    :func:`values_by` groups keyed ``(recipe, regime)``; ``higher``: a higher value is better.
+
+    Returns ``best``, ``runner_up`` (recipe, mean, seed range and seed count each), ``gap``
+    (between the two means) and ``clear``: the gap exceeds both seed ranges, so it is not seed
+    noise (with one seed a range is 0 and nothing can be called noise). None with under two
+    recipes."""
+    ranked = sorted(((sum(v) / len(v), recipe, max(v) - min(v), len(v))
+                     for (recipe, r), v in groups.items() if r == regime and v),
+                    key=lambda t: -t[0] if higher else t[0])
+    if len(ranked) < 2:
+        return None
+    (m1, r1, s1, n1), (m2, r2, s2, n2) = ranked[:2]
+    return {"best": {"recipe": r1, "mean": m1, "range": s1, "seeds": n1},
+            "runner_up": {"recipe": r2, "mean": m2, "range": s2, "seeds": n2},
+            "gap": abs(m1 - m2), "clear": abs(m1 - m2) > max(s1, s2)}
+
+
 def write_results_csv(report: dict[str, Any], parameters: list[str], paths: list[str],
                       out: Path) -> Path:
     """A compact results table to commit: one row per point that ran, its ``parameters`` and
@@ -362,7 +385,7 @@ def read_results_csv(path: Path) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """CLI: ``python -m amhelpers runs --grid GRID.yaml --out DIR [--notebook NB]``."""
+    """CLI: ``python -m amhelpers runs --grid GRID.yaml --out DIR [--notebook NB] [--table CSV]``."""
     parser.add_argument("--grid", required=True, help="the grid file (YAML; see the module's help)")
     parser.add_argument("--out", required=True,
                         help="folder for the points' notebooks and summaries, tb/ and the "
@@ -371,6 +394,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the notebook to run per point (default: the course's 05_train.ipynb)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bar")
+    parser.add_argument("--table", default=None,
+                        help="also write a compact results table to commit (CSV: each point's "
+                             "varying parameters and results, as docs/results/ holds them); "
+                             "refused if the file exists")
     parser.epilog = ("A point whose summary.json exists in --out is skipped; a failed point is "
                      "reported and the others go on (exit status 1 when any failed).")
 
@@ -380,7 +407,15 @@ def run(args: argparse.Namespace) -> int:
     grid = Path(args.grid)
     if not grid.is_file():
         raise ValueError(f"--grid {grid} does not exist")
+    table = None if args.table is None else check_output_file(args.table, "--table")
+    if table is not None and table.exists():
+        raise ValueError(f"--table {table} exists; choose another path or delete it first")
     report = run_grid(grid, Path(args.out), Path(args.notebook), progress=args.progress)
+    if table is not None:
+        write_results_csv(report, _varying([e["parameters"] for e in report["points"]]),
+                          list(TABLE_PATHS), table)
+        print(f"runs: table of {sum(e['status'] != 'failed' for e in report['points'])} points "
+              f"in {table}")
     counts = {s: sum(e["status"] == s for e in report["points"]) for s in ("done", "skipped", "failed")}
     print(f"runs: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
           f"results in {Path(args.out) / 'results.md'}; TensorBoard: tensorboard --logdir "

@@ -130,3 +130,7 @@ def test_chapter6_grid_compares_the_recipes(hornmt_dir, course_home, tmp_path):
     assert set(summary["steps_to_bar"]) == set(points) - {n for n, r in points.items() if r is reference}
     assert all(s in (None, 20, 40) for s in summary["steps_to_bar"].values())
     assert set(summary["ratio_original_fix_to_ours"]) <= {"0", "1"}
+    # Section 6 reads the committed complete comparison and draws it beside this grid's runs.
+    assert summary["complete"]["None/generation.mcd_vs_random"]["best"]["recipe"] == "fix"
+    assert summary["complete"]["0/english.mcd_vs_random"]["best"]["recipe"] == "staged"
+    assert (course_home / "ch06" / embedded.run_name(p) / "complete_comparison.png").is_file()
