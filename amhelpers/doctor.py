@@ -52,13 +52,14 @@ TRAINER_DEFAULTS: dict[str, Any] = {"learning_rate": 2e-5, "new_row_lr": None,
                                     "init_checkpoint": None,
                                     "resume": None, "tokenizer": None, "train_manifest": None,
                                     "replay_manifest": None, "replay_fraction": 0.0,
-                                    "freeze_layers": 0, "lora_rank": 0}
+                                    "freeze_layers": 0, "lora_rank": 0, "output_dir": None}
 _FLAG_TYPES = {"learning_rate": float, "new_row_lr": float, "weight_decay": float,
                "warmup_steps": int, "text_loss_weight": float, "mel_loss_weight": float,
                "max_steps": int, "init": str, "freeze_mode": str, "freeze_base_rows": int,
                "decay": str, "resume": str, "init_checkpoint": str,
                "tokenizer": str, "train_manifest": str, "replay_manifest": str,
-               "replay_fraction": float, "freeze_layers": int, "lora_rank": int}
+               "replay_fraction": float, "freeze_layers": int, "lora_rank": int,
+               "output_dir": str}
 
 # What chapter 6 measured on the full profile (300 steps, low-resource regime, seed 0; the table
 # is docs/results/ch06_full.csv, and a unit test keeps these numbers equal to it). Learning
@@ -457,6 +458,18 @@ def check_resume(setup: Setup, base: dict[str, Any] | None, base_size: int | Non
     resume = setup.flags.get("resume")
     if not resume:
         return []
+    if resume == "auto":  # the trainer's "the newest checkpoint in --output-dir, if any"
+        from .rundir import latest_checkpoint
+
+        folder = setup.flags.get("output_dir")
+        found = latest_checkpoint(folder) if folder else None
+        if found is None:
+            where = (f"--output-dir {folder} holds no checkpoint yet" if folder else
+                     "no --output-dir given, so which checkpoint it takes is not checked")
+            return [Finding("resume.auto", "info",
+                            f"--resume auto: {where}; a run without one starts from its "
+                            "initial checkpoint", "")]
+        resume = str(found)
     path = Path(resume)
     if not path.is_file():
         return [Finding("resume.missing", "block", f"--resume {path} does not exist",

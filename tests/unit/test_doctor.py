@@ -22,7 +22,7 @@ def test_trainer_command_sets_known_flags_and_ignores_the_rest():
          "--output-dir", "out", "--text-loss-weight", "0.4", "--amp"])
     assert flags["learning_rate"] == 5e-6 and flags["warmup_steps"] == 2000
     assert flags["text_loss_weight"] == 0.4
-    assert given == {"learning_rate", "warmup_steps", "text_loss_weight"}
+    assert given == {"learning_rate", "warmup_steps", "text_loss_weight", "output_dir"}
     # what the command leaves out keeps the community trainer's default
     assert flags["weight_decay"] == 0.01 and flags["mel_loss_weight"] == 0.8
 
@@ -195,3 +195,18 @@ def test_a_run_without_base_language_replay_is_warned_and_one_with_it_is_not():
     lora_only = d.check_retention(d.Setup(flags=flags, given=given))
     assert [f.check for f in lora_only] == ["retention.no_replay"]
     assert "--lora-rank 8 does not replace it" in lora_only[0].evidence
+
+
+def test_resume_auto_takes_the_newest_checkpoint_of_the_output_dir(tmp_path):
+    """``--resume auto`` is the trainer's "newest checkpoint in --output-dir", not a file name
+    (chapter 8's full run was blocked with "--resume auto does not exist" before)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    setup = _setup(resume="auto", output_dir=str(run))
+    (auto,) = doctor.check_resume(setup, None, None)
+    assert (auto.check, auto.severity) == ("resume.auto", "info") and "holds no checkpoint" in auto.evidence
+    (bare,) = doctor.check_resume(_setup(resume="auto"), None, None)
+    assert bare.severity == "info" and "no --output-dir" in bare.evidence
+    (run / "ckpt_00000200.pt").write_bytes(b"not a checkpoint")  # the newest is examined
+    with pytest.raises(ValueError, match="ckpt_00000200.pt"):
+        doctor.check_resume(setup, None, None)
