@@ -263,8 +263,9 @@ def check_tokenizer(setup: Setup, texts: list[str]) -> list[Finding]:
         out.append(Finding("tokenizer.fertility", "info",
                            f"{fert_e:.2f} tokens per word with {setup.tokenizer.name} on "
                            f"{report['target_lines']} manifest lines (the base alone: "
-                           f"{fert_b:.2f}, each <unk> character counted); {report['n_added']} pieces "
-                           f"added, {_pct(report['new_id_fraction'])} of the tokens are new ids"))
+                           f"{fert_b:.2f}, each <unk> character counted); {report['n_added']} "
+                           f"piece{'s' if report['n_added'] != 1 else ''} added, "
+                           f"{_pct(report['new_id_fraction'])} of the tokens are new ids"))
     else:
         import sentencepiece as spm
 
