@@ -19,6 +19,7 @@ from pathlib import Path
 from . import settings, site
 from .io import check_output_dir, same_file, write_text_atomic
 from .markdown import markdown_table
+from .runs import KERNEL_ARGS
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 REPORTS = ("report.json", "report.md")
@@ -120,7 +121,7 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
         try:
             papermill.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3",
                                        parameters={"PROFILE": profile}, cwd=str(nb.parent),
-                                       progress_bar=False)
+                                       progress_bar=False, extra_arguments=list(KERNEL_ARGS))
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
             status, error = "failed", (str(err).strip().splitlines() or [type(err).__name__])[-1]
         entry = {"notebook": nb.name, "status": status, "seconds": round(time.perf_counter() - start, 1)}

@@ -43,6 +43,12 @@ from typing import Any
 from .io import check_output_dir, check_output_file, write_text_atomic
 from .markdown import markdown_table
 
+# Arguments for every kernel papermill starts here and in ``course``. ipykernel 7 logs a warning
+# at each start over TCP without CurveZMQ keys ("Kernel is running over TCP without
+# encryption"); papermill's kernels listen on 127.0.0.1 only, and a kernel that 06 starts for a
+# grid point writes to 06's own cell, so the warning would fill its output. Errors still show.
+KERNEL_ARGS = ("--IPKernelApp.log_level=ERROR",)
+
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_train.ipynb"
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 """The course's grid files (chapters 6 and 6b per profile, and the complete comparisons)."""
@@ -188,7 +194,7 @@ def run_grid(grid: Path, out: Path, notebook: Path = NOTEBOOK, progress: bool = 
                 papermill.execute_notebook(str(notebook), str(folder / notebook.name),
                                            parameters={**point, "OUT_DIR": str(folder)},
                                            kernel_name=kernel_name, cwd=str(notebook.parent),
-                                           progress_bar=False)
+                                           progress_bar=False, extra_arguments=list(KERNEL_ARGS))
                 entry["status"] = "done" if summary.is_file() else "failed"
                 if not summary.is_file():
                     entry["error"] = "the notebook ran but wrote no summary.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -46,3 +47,18 @@ def course_home(tmp_path_factory, monkeypatch) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("AMHELPERS_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def printed_warnings():
+    """A function: the printed lines of an executed notebook that mention a warning.
+
+    A notebook that runs a grid shows what each point's kernel writes to stderr, so a warning
+    from any library there ends up in the learner's output; the course leaves none unexplained.
+    """
+    def lines(notebook: Path) -> list[str]:
+        nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+        return [line for cell in nb["cells"] for out in cell.get("outputs", [])
+                if out.get("output_type") == "stream"
+                for line in "".join(out["text"]).splitlines() if "warning" in line.lower()]
+    return lines

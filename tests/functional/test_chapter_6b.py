@@ -15,10 +15,12 @@ pm = pytest.importorskip("papermill")
 
 
 @pytest.mark.slow
-def test_chapter6b_replay_keeps_english_closer_to_the_base(hornmt_dir, course_home, tmp_path):
+def test_chapter6b_replay_keeps_english_closer_to_the_base(hornmt_dir, course_home, tmp_path,
+        printed_warnings):
     pm.execute_notebook(str(NOTEBOOKS / "06b_retention.ipynb"), str(tmp_path / "06b.ipynb"),
                         parameters={"PROFILE": "quick"}, kernel_name="python3",
                         cwd=str(NOTEBOOKS), progress_bar=False)
+    assert printed_warnings(tmp_path / "06b.ipynb") == []  # its grid kernels print none
     p = embedded.profile("quick")
     summary = json.loads((course_home / "ch06b" / embedded.run_name(p) / "summary.json")
                          .read_text())

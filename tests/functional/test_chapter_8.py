@@ -13,11 +13,13 @@ pm = pytest.importorskip("papermill")
 
 
 @pytest.mark.slow
-def test_chapter8_runs_two_more_languages_by_parameters(hornmt_dir, course_home, tmp_path):
+def test_chapter8_runs_two_more_languages_by_parameters(hornmt_dir, course_home, tmp_path,
+        printed_warnings):
     out = tmp_path / "ch08"
     pm.execute_notebook(str(NOTEBOOKS / "08_new_language.ipynb"), str(tmp_path / "08.ipynb"),
                         parameters={"PROFILE": "quick", "OUT_DIR": str(out)},
                         kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False)
+    assert printed_warnings(tmp_path / "08.ipynb") == []  # its grid kernels print none
     s = json.loads((out / "summary.json").read_text())
     assert s["failed"] == [] and set(s["runs"]) == {"amh", "tir", "orm"}
 

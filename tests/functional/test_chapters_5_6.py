@@ -97,10 +97,12 @@ def test_chapter5_run_records_its_results_and_resumes_exactly_after_sigkill(
 
 
 @pytest.mark.slow
-def test_chapter6_grid_compares_the_recipes(hornmt_dir, course_home, tmp_path):
+def test_chapter6_grid_compares_the_recipes(hornmt_dir, course_home, tmp_path,
+        printed_warnings):
     pm.execute_notebook(str(NOTEBOOKS / "06_compare.ipynb"), str(tmp_path / "06.ipynb"),
                         parameters={"PROFILE": "quick"}, kernel_name="python3",
                         cwd=str(NOTEBOOKS), progress_bar=False)
+    assert printed_warnings(tmp_path / "06.ipynb") == []  # its grid kernels print none
     p = embedded.profile("quick")
     summary = json.loads((course_home / "ch06" / embedded.run_name(p) / "summary.json").read_text())
     assert summary["failed"] == []
