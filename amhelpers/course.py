@@ -19,7 +19,7 @@ from pathlib import Path
 from . import settings, site
 from .io import check_output_dir, same_file, write_text_atomic
 from .markdown import markdown_table
-from .runs import KERNEL_ARGS
+from .runs import execute_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 REPORTS = ("report.json", "report.md")
@@ -106,7 +106,7 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
         raise ValueError(f"--out {out} holds another course run ({names}); "
                          "pass --overwrite to replace it, or choose another --out")
     try:
-        import papermill
+        import papermill  # noqa: F401  (runs.execute_notebook uses it)
     except ImportError:
         raise RuntimeError("papermill is not installed: run `python -m amhelpers.setup` "
                            "(it installs the dev extra)") from None
@@ -119,9 +119,7 @@ def run_course(profile: str | None, out: Path, only: list[str] | None = None,
         start = time.perf_counter()
         status, error = "ok", None
         try:
-            papermill.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3",
-                                       parameters={"PROFILE": profile}, cwd=str(nb.parent),
-                                       progress_bar=False, extra_arguments=list(KERNEL_ARGS))
+            execute_notebook(nb, out / nb.name, {"PROFILE": profile})
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
             status, error = "failed", (str(err).strip().splitlines() or [type(err).__name__])[-1]
         entry = {"notebook": nb.name, "status": status, "seconds": round(time.perf_counter() - start, 1)}

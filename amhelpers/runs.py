@@ -43,12 +43,6 @@ from typing import Any
 from .io import check_output_dir, check_output_file, write_text_atomic
 from .markdown import markdown_table
 
-# Arguments for every kernel papermill starts here and in ``course``. ipykernel 7 logs a warning
-# at each start over TCP without CurveZMQ keys ("Kernel is running over TCP without
-# encryption"); papermill's kernels listen on 127.0.0.1 only, and a kernel that 06 starts for a
-# grid point writes to 06's own cell, so the warning would fill its output. Errors still show.
-KERNEL_ARGS = ("--IPKernelApp.log_level=ERROR",)
-
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_train.ipynb"
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 """The course's grid files (chapters 6 and 6b per profile, and the complete comparisons)."""
@@ -135,6 +129,23 @@ def _varying(points: list[dict[str, Any]]) -> list[str]:
     return [k for k in names if len({json.dumps(p.get(k), default=str) for p in points}) > 1]
 
 
+def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any],
+                     kernel_name: str = "python3") -> None:
+    """Execute ``notebook`` into ``output`` with papermill, from the notebook's own folder.
+
+    The kernel logs errors only: ipykernel 7 warns at each start over TCP without CurveZMQ keys
+    ("Kernel is running over TCP without encryption"), though papermill's kernels listen on
+    127.0.0.1; a kernel that 06 starts for a grid point writes into 06's own cell, so the warning
+    would fill its output. Raises papermill's ``PapermillExecutionError`` when a cell fails.
+    """
+    import papermill
+
+    papermill.execute_notebook(str(notebook), str(output), parameters=parameters,
+                               kernel_name=kernel_name, cwd=str(Path(notebook).parent),
+                               progress_bar=False,
+                               extra_arguments=["--IPKernelApp.log_level=ERROR"])
+
+
 def run_grid(grid: Path, out: Path, notebook: Path = NOTEBOOK, progress: bool = True,
              kernel_name: str = "python3", parameters: dict[str, Any] | None = None
              ) -> dict[str, Any]:
@@ -150,7 +161,7 @@ def run_grid(grid: Path, out: Path, notebook: Path = NOTEBOOK, progress: bool = 
     Raises:
         ValueError: a bad grid file (see :func:`read_grid`) or ``--out`` (a file, under a file).
     """
-    import papermill
+    import papermill  # noqa: F401  (missing, it fails here, before any point runs)
     from tqdm.auto import tqdm
 
     notebook = Path(notebook)
@@ -191,10 +202,8 @@ def run_grid(grid: Path, out: Path, notebook: Path = NOTEBOOK, progress: bool = 
             folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(folder / "point.json", json.dumps(point, default=str))
             try:
-                papermill.execute_notebook(str(notebook), str(folder / notebook.name),
-                                           parameters={**point, "OUT_DIR": str(folder)},
-                                           kernel_name=kernel_name, cwd=str(notebook.parent),
-                                           progress_bar=False, extra_arguments=list(KERNEL_ARGS))
+                execute_notebook(notebook, folder / notebook.name,
+                                 {**point, "OUT_DIR": str(folder)}, kernel_name)
                 entry["status"] = "done" if summary.is_file() else "failed"
                 if not summary.is_file():
                     entry["error"] = "the notebook ran but wrote no summary.json"

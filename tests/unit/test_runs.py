@@ -88,7 +88,7 @@ def test_grid_runs_skips_done_points_resumes_and_reports_failures(tmp_path, caps
 def test_the_kernels_of_a_grid_write_no_warning_into_the_calling_notebook(tmp_path, capfd):
     # 06 runs its grid from a cell: whatever a point's kernel writes to its stderr (fd 2, which
     # capfd sees and pytest's capsys does not) lands in that cell's output. ipykernel 7 warns
-    # there at each start over TCP; KERNEL_ARGS keeps its log to errors.
+    # there at each start over TCP; runs.execute_notebook keeps its log to errors.
     grid = write(tmp_path / "g.yaml", "grid: {RECIPE: [a]}\n")
     argv = ["runs", "--grid", str(grid), "--out", str(tmp_path / "out"), "--notebook", str(FAKE),
             "--no-progress"]
