@@ -23,13 +23,11 @@ from .runs import execute_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 REPORTS = ("report.json", "report.md")
-# NN_topic.ipynb or NNx_topic.ipynb (a chapter in parts: 04a_leak, 04b_recipe); sorted by name
-PATTERN = "[0-9][0-9]*_*.ipynb"
 
 
 def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
     """Return the course notebooks (``NN_topic.ipynb``, ``NNa_topic.ipynb``) in order."""
-    found = sorted(p for p in Path(folder).glob(PATTERN))
+    found = sorted(p for p in Path(folder).glob("*.ipynb") if site.PAGE_NAME.match(p.name))
     if not found:
         raise FileNotFoundError(f"no course notebooks (NN_topic.ipynb) in {folder}; "
                                 "give the course's notebooks/ folder")
@@ -59,7 +57,7 @@ def previous_run(out: Path, selected: list[Path]) -> list[Path]:
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
         old = json.loads((out / "report.json").read_text(encoding="utf-8"))
         names |= {Path(e["notebook"]).name for e in old["notebooks"]
-                  if Path(e["notebook"]).match(PATTERN)}
+                  if site.PAGE_NAME.match(Path(e["notebook"]).name)}
     return sorted([p for p in (out / name for name in names) if p.is_file()]
                   + site.previous_site(out / "html"))
 

@@ -20,7 +20,9 @@ from typing import Any
 from .io import check_output_dir, read_text_strict, write_text_atomic
 
 TAKEAWAY = re.compile(r"^#+\s*(results at a glance|what to take away)\b", re.I)
-PAGE_NAME = re.compile(r"^[0-9][0-9]_[^/\\]*\.ipynb$")
+# A course notebook: NN_topic.ipynb, or NNx_topic.ipynb for a chapter in parts (04a, 04b, 06b)
+CHAPTER_STEM = r"[0-9][0-9][a-z]?_[^/\\]*"
+PAGE_NAME = re.compile(rf"^{CHAPTER_STEM}\.ipynb$")
 SUMMARY_ROWS = 40  # values of a summary shown on the index; the rest are counted
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -167,7 +169,7 @@ def chapter(run_dir: Path, entry: dict) -> tuple[dict, str | None]:
     path = run_dir / Path(name).name
     if not PAGE_NAME.match(Path(name).name):
         facts.update(status="unreadable", page="",
-                     error=f"{name!r} is not a course notebook (NN_topic.ipynb)")
+                     error=f"{name!r} is not a course notebook (NN_topic.ipynb, NNx_topic.ipynb)")
         return facts, None
     if not path.is_file():
         facts.update(status="missing" if facts["status"] == "ok" else facts["status"], page="",
@@ -256,11 +258,12 @@ def read_report(run_dir: Path) -> dict:
 
 
 def previous_site(html_dir: Path) -> list[Path]:
-    """Pages a rendering into ``html_dir`` would replace: ``index.html`` and ``NN_*.html``."""
+    """Pages a rendering into ``html_dir`` would replace: ``index.html`` and the chapters'."""
     if not Path(html_dir).is_dir():
         return []
     return sorted(p for p in Path(html_dir).glob("*.html")
-                  if p.is_file() and (p.name == "index.html" or re.match(r"[0-9][0-9]_", p.name)))
+                  if p.is_file() and (p.name == "index.html"
+                                      or re.match(rf"^{CHAPTER_STEM}\.html$", p.name)))
 
 
 def render_site(run_dir: Path, html_dir: Path | None = None, overwrite: bool = False,

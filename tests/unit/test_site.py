@@ -197,6 +197,18 @@ def test_another_rendering_is_replaced_only_with_overwrite(run_dir):
     assert sorted(p.name for p in html.iterdir()) == ["01_tiny.html", "index.html"]
 
 
+def test_a_chapter_in_parts_gets_its_page_and_counts_as_a_page_to_replace(run_dir):
+    # 04a, 04b and 06b: a letter after the chapter number is still a course notebook
+    (run_dir / "01_tiny.ipynb").rename(run_dir / "06b_tiny.ipynb")
+    report = json.loads((run_dir / "report.json").read_text())
+    report["notebooks"][0]["notebook"] = "06b_tiny.ipynb"
+    (run_dir / "report.json").write_text(json.dumps(report))
+    index = site.render_site(run_dir)
+    assert "06b_tiny.html" in _read(index).links
+    assert "not a course notebook" not in " ".join(_read(index).text)
+    assert [p.name for p in site.previous_site(run_dir / "html")] == ["06b_tiny.html", "index.html"]
+
+
 def test_unreadable_notebooks_are_listed_not_fatal(run_dir):
     (run_dir / "01_tiny.ipynb").write_text("{}")
     report = json.loads((run_dir / "report.json").read_text())
