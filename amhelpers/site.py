@@ -14,6 +14,7 @@ import base64
 import html
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,11 @@ def chapter_page(nb: Any, entry: dict) -> str:
     """One notebook as a full HTML page (labelled audio, embedded images, a link to the index)."""
     from nbconvert import HTMLExporter  # imported when used: `course --no-html` does not need it
 
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb)
+    with warnings.catch_warnings():
+        # 05 records its summary as an application/json output (for scripts and `runs`); HTML has
+        # no view of that type, so the page leaves it out, and nbconvert would warn at each page.
+        warnings.filterwarnings("ignore", "Your element with mimetype", UserWarning)
+        body, _ = HTMLExporter(embed_images=True).from_notebook_node(nb)
     status = html.escape(str(entry.get("status", "?")))
     nav = (f'<nav style="padding:.6em 1em;border-bottom:1px solid #ccc"><a href="index.html">'
            f"&larr; Course index</a> &middot; {html.escape(entry['notebook'])} &middot; "

@@ -129,6 +129,16 @@ def test_chapter_page_keeps_figures_and_labels_every_audio_player(run_dir):
     assert page.captions == ["a 440 Hz tone", "the same tone, unlabelled"]
 
 
+def test_a_json_output_is_left_off_the_page_without_a_warning(recwarn):
+    # notebook 05 displays its summary as application/json; HTML has no view of it
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("display(summary)", outputs=[nbformat.v4.new_output(
+        "display_data", data={"application/json": {"loss": 0.123987}})])]
+    page = site.chapter_page(nb, {"notebook": "05_x.ipynb", "status": "ok", "seconds": 1})
+    assert "</html>" in page and "0.123987" not in page
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_audio_labels_fall_back_to_printed_text_then_the_heading():
     player = {"output_type": "display_data", "metadata": {},
               "data": {"text/html": "<audio controls><source src='data:audio/wav;base64,AA'></audio>"}}
